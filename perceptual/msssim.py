@@ -1,0 +1,65 @@
+"""MS-SSIM on NHWC images in [0, 1], built on `tf.image.ssim_multiscale`.
+
+`tf.image.ssim_multiscale` with its five scales and 11-tap filter needs both
+sides to be at least (11 - 1) * 2**4 + 1 = 161 pixels, but training crops are
+often 64-128 px. Instead of failing, `msssim` uses as many scales as the image
+supports, with the standard weights of Wang et al. (2003) truncated to those
+scales and renormalised to sum to one. Images smaller than the filter itself
+(under 11 px) use one scale with the filter shrunk to the largest odd size that
+fits. For images of 161 px and more the result is exactly
+`tf.image.ssim_multiscale(x, y, 1.0)`.
+"""
+
+import tensorflow as tf
+
+# Wang et al. (2003), as used by `tf.image.ssim_multiscale`.
+POWER_FACTORS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+FILTER_SIZE = 11
+
+
+def msssim_config(height, width):
+  """Returns (power_factors, filter_size) used for an image of this size.
+
+  Pure Python on static sizes, so the choice is made once when tracing.
+  """
+  side = min(int(height), int(width))
+  if side < 1:
+    raise ValueError(f"MS-SSIM needs a non-empty image, got {height}x{width}.")
+  if side < FILTER_SIZE:
+    filter_size = side if side % 2 else side - 1
+    return (1.0,), max(filter_size, 1)
+  scales = 1
+  while (scales < len(POWER_FACTORS) and
+         (FILTER_SIZE - 1) * 2**scales + 1 <= side):
+    scales += 1
+  if scales == len(POWER_FACTORS):
+    return POWER_FACTORS, FILTER_SIZE
+  weights = POWER_FACTORS[:scales]
+  total = sum(weights)
+  return tuple(w / total for w in weights), FILTER_SIZE
+
+
+def msssim(x, y):
+  """Per-image MS-SSIM of two NHWC batches in [0, 1]; returns shape [batch].
+
+  The spatial size must be static (known when tracing), as it is for training
+  crops and for images given eagerly.
+  """
+  x = tf.convert_to_tensor(x, tf.float32)
+  y = tf.convert_to_tensor(y, tf.float32)
+  if x.shape.rank != 4:
+    raise ValueError(f"MS-SSIM expects NHWC images (rank 4), got shape {x.shape}.")
+  height, width = x.shape[1], x.shape[2]
+  if height is None or width is None:
+    raise ValueError(
+        "MS-SSIM needs a static image size to choose its scales; got "
+        f"shape {x.shape}. Crop or resize to a fixed size first.")
+  power_factors, filter_size = msssim_config(height, width)
+  return tf.image.ssim_multiscale(
+      x, y, max_val=1.0, power_factors=power_factors, filter_size=filter_size)
+
+
+def msssim_db(value):
+  """MS-SSIM on the decibel scale the field reports: -10 log10(1 - MS-SSIM)."""
+  value = tf.convert_to_tensor(value, tf.float32)
+  return -10.0 * tf.math.log(tf.maximum(1.0 - value, 1e-10)) / tf.math.log(10.0)
