@@ -1,0 +1,17 @@
+"""Rate-quality evaluation of learned and classical image codecs (`dpc eval`).
+
+    from dpc_tf import evaluation
+    codecs = [evaluation.get_codec("jpeg420"), evaluation.get_codec("webp"),
+              evaluation.ModelCodec("dpc", ["runs/l0.01", "runs/l0.03"])]
+    summary = evaluation.evaluate(image_paths, codecs, "results/kodak", anchor="jpeg420")
+
+Nothing here imports TensorFlow at import time (the CLI must start fast).
+"""
+
+from dpc_tf.evaluation.bdrate import BDResult, bd_rate, monotone_curve
+from dpc_tf.evaluation.codecs import (DEFAULT_CODECS, Codec, available_codecs, get_codec,
+                                      library_versions, unavailable_reason)
+from dpc_tf.evaluation.images import ImageError, load_image
+from dpc_tf.evaluation.metrics import Metrics, psnr
+from dpc_tf.evaluation.model_codec import ModelCodec
+from dpc_tf.evaluation.runner import POINT_COLUMNS, evaluate, read_points

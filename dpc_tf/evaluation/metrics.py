@@ -1,0 +1,101 @@
+"""Quality of a decoded image against its original, as `dpc eval` reports it.
+
+- psnr: over all RGB samples of the 8-bit images, 10 log10(255^2 / MSE);
+  infinite for identical images.
+- msssim: `perceptual.msssim` on the images scaled to [0, 1] (per image, with
+  as many scales as the image size allows), and msssim_db =
+  `perceptual.msssim_db(msssim)` = -10 log10(1 - MS-SSIM).
+- lpips: `perceptual.LPIPS` distance, only when a weights file is given
+  (lower is better).
+
+TensorFlow and `perceptual` are imported when the first image is measured.
+"""
+
+import math
+
+import numpy as np
+
+# Metric columns in points.csv, and whether higher values are better.
+METRICS = {"psnr": True, "msssim": True, "msssim_db": True, "lpips": False}
+
+LABELS = {"psnr": "PSNR (RGB) [dB]", "msssim": "MS-SSIM",
+          "msssim_db": "MS-SSIM [dB]", "lpips": "LPIPS (lower is better)"}
+
+
+def psnr(original, decoded):
+  """PSNR in dB of two uint8 images over all samples; inf if identical."""
+  difference = original.astype(np.float64) - decoded.astype(np.float64)
+  mse = float(np.mean(np.square(difference)))
+  return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+_MSSSIM_FUNCTION = None
+
+
+def _msssim_function():
+  """The traced (MS-SSIM, MS-SSIM dB) function, shared by all `Metrics`."""
+  global _MSSSIM_FUNCTION
+  if _MSSSIM_FUNCTION is None:
+    import tensorflow as tf
+    import perceptual
+
+    def msssim_and_db(x, y):
+      value = perceptual.msssim(x, y)
+      return value, perceptual.msssim_db(value)
+    # One graph per image size (Kodak has two; no reduce_retracing, since
+    # MS-SSIM needs static sizes); eager MS-SSIM is several times slower.
+    _MSSSIM_FUNCTION = tf.function(msssim_and_db)
+  return _MSSSIM_FUNCTION
+
+
+class Metrics:
+  """Measures a decoded uint8 image against its original.
+
+  Args:
+    lpips_weights: path of LPIPS weights for `perceptual.LPIPS`, or None to
+      skip LPIPS.
+    lpips_trunk: the LPIPS trunk network those weights belong to.
+  """
+
+  def __init__(self, lpips_weights=None, lpips_trunk="alex"):
+    self.lpips_weights = lpips_weights
+    self.lpips_trunk = lpips_trunk
+    self._msssim = None
+    self._lpips = None
+
+  @property
+  def names(self):
+    """The metrics this instance measures, in column order."""
+    names = ["psnr", "msssim", "msssim_db"]
+    return names + ["lpips"] if self.lpips_weights else names
+
+  def _build(self):
+    self._msssim = _msssim_function()
+    if self.lpips_weights:
+      import perceptual
+      # Fails here, before any point is measured, if the weights are unusable.
+      self._lpips = perceptual.LPIPS(trunk=self.lpips_trunk, weights_path=self.lpips_weights)
+
+  def __call__(self, original, decoded):
+    """Returns {metric name: float} for one pair of uint8 [H, W, 3] images."""
+    if original.shape != decoded.shape:
+      raise ValueError(f"decoded image has shape {decoded.shape}, the original "
+                       f"{original.shape}.")
+    if decoded.dtype != np.uint8:
+      raise ValueError(f"decoded image has dtype {decoded.dtype}, expected uint8.")
+    if self._msssim is None:
+      self._build()
+    x = (original.astype(np.float32) / 255.0)[None]
+    y = (decoded.astype(np.float32) / 255.0)[None]
+    msssim, msssim_db = self._msssim(x, y)
+    values = {"psnr": psnr(original, decoded), "msssim": float(msssim[0]),
+              "msssim_db": float(msssim_db[0])}
+    if self._lpips is not None:
+      values["lpips"] = float(np.asarray(self._lpips(x, y)).reshape(-1)[0])
+    return values
+
+  def prepare(self):
+    """Builds the metric graphs and loads LPIPS now (to fail early)."""
+    if self._msssim is None:
+      self._build()
+

@@ -1,0 +1,98 @@
+"""Reading and writing 8-bit images, with clear errors for what we can't code."""
+
+import os
+import tempfile
+
+import numpy as np
+
+# Pillow modes we decode to 8-bit channels, and what they become.
+_CONVERT = {"1": "L", "L": "L", "LA": "LA", "P": None, "PA": "RGBA",
+            "RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB",
+            "LAB": "RGB", "HSV": "RGB", "RGBX": "RGB", "RGBa": "RGBA",
+            "La": "LA"}
+
+
+class ImageError(ValueError):
+  """An image file cannot be read or is of a kind the codec does not take."""
+
+
+def read_image(path):
+  """Reads an image file as uint8 [H, W, C], C in 1 (gray), 2, 3 (RGB), 4.
+
+  Palette and CMYK images are converted to RGB(A); the EXIF orientation is
+  applied. 16-bit and floating-point images raise `ImageError`, since the
+  codecs are 8-bit.
+  """
+  from PIL import Image, ImageOps, UnidentifiedImageError
+  try:
+    with Image.open(path) as im:
+      im = ImageOps.exif_transpose(im)
+      mode = im.mode
+      if mode not in _CONVERT:
+        raise ImageError(
+            f"{path}: {mode} images ({_describe(mode)}) are not supported; "
+            "convert to 8-bit RGB or gray first (e.g. with ImageMagick: "
+            "convert in.png -depth 8 out.png).")
+      target = _CONVERT[mode]
+      if target is None:  # Palette: keep transparency if there is any.
+        target = "RGBA" if "transparency" in im.info else "RGB"
+      if im.mode != target:
+        im = im.convert(target)
+      array = np.asarray(im, dtype=np.uint8)
+  except ImageError:
+    raise
+  except FileNotFoundError:
+    raise ImageError(f"{path}: no such file.") from None
+  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    raise ImageError(f"{path}: not a readable image ({e}).") from None
+  if array.ndim == 2:
+    array = array[..., None]
+  return check_image(array, str(path))
+
+
+def _describe(mode):
+  return {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit",
+          "I": "32-bit integer", "F": "floating-point"}.get(mode, "unsupported")
+
+
+def check_image(image, name="image"):
+  """Checks an in-memory image: uint8 [H, W, C] with C in 1-4."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    raise ImageError(f"{name}: expected uint8 pixels, got {image.dtype}; "
+                     "16-bit and float images are not supported.")
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
+    raise ImageError(f"{name}: expected an [H, W, C] image with 1-4 channels, "
+                     f"got shape {image.shape}.")
+  if image.shape[0] < 1 or image.shape[1] < 1:
+    raise ImageError(f"{name}: empty image {image.shape}.")
+  return image
+
+
+def write_image(path, image, overwrite=False):
+  """Writes a PNG atomically (temporary file + rename)."""
+  from PIL import Image
+  image = check_image(image, str(path))
+  mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[image.shape[-1]]
+  array = image[..., 0] if image.shape[-1] == 1 else image
+  write_atomic(path, lambda f: Image.fromarray(array, mode).save(f, format="PNG"),
+               overwrite)
+
+
+def write_atomic(path, write, overwrite=False):
+  """Calls write(file) on a temporary file, then renames it to `path`."""
+  path = os.fspath(path)
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f"{path} exists; pass --force (overwrite=True) to replace it.")
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise

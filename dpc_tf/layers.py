@@ -1,0 +1,174 @@
+"""Keras layers for learned image codecs: GDN transforms and hyper-transforms.
+
+Every layer here is a plain Keras layer with `get_config`/`from_config`, so a
+user can compose a codec of their own from them (see README). Images enter the
+analysis transform as floats in [0, 1] and leave the synthesis transform on the
+same scale.
+
+GDN is always used as the `activation` of a `tfc.SignalConv2D`, as tfc's own
+models do: a standalone `tfc.GDN` layer breaks SavedModel export in tfc 2.14
+(`OperatorNotAllowedInGraphError` while Keras traces it).
+"""
+
+import tensorflow as tf
+import tensorflow_compression as tfc
+
+_PACKAGE = "dpc_tf"
+
+
+def _conv(filters, kernel, *, down=1, up=1, activation=None, use_bias=True,
+          name=None, kernel_parameter="rdft"):
+  return tfc.SignalConv2D(
+      filters, (kernel, kernel), name=name, corr=up == 1, strides_down=down,
+      strides_up=up, padding="same_zeros", use_bias=use_bias,
+      kernel_parameter=kernel_parameter, activation=activation)
+
+
+class _Stack(tf.keras.layers.Layer):
+  """A sequence of layers built from hyper-parameters, serialised by them."""
+
+  def __init__(self, name=None, **kwargs):
+    super().__init__(name=name, **kwargs)
+    self._stack = []
+
+  def call(self, x):
+    for layer in self._stack:
+      x = layer(x)
+    return x
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(self._hparams())
+    return config
+
+  def _hparams(self):
+    raise NotImplementedError
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class AnalysisTransform(_Stack):
+  """Image -> latents: four 5x5 stride-2 convolutions with GDN (Ballé 2017/18).
+
+  Downsamples by 16. Input: [B, H, W, 3] floats in [0, 1].
+  """
+
+  def __init__(self, num_filters=192, latent_depth=None, name="analysis",
+               **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.num_filters = int(num_filters)
+    self.latent_depth = int(latent_depth or num_filters)
+    for i in range(3):
+      self._stack.append(_conv(self.num_filters, 5, down=2, name=f"conv_{i}",
+                               activation=tfc.GDN(name=f"gdn_{i}")))
+    self._stack.append(_conv(self.latent_depth, 5, down=2, name="conv_3"))
+
+  def _hparams(self):
+    return dict(num_filters=self.num_filters, latent_depth=self.latent_depth)
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class SynthesisTransform(_Stack):
+  """Latents -> image: four 5x5 stride-2 transposed convolutions with inverse GDN.
+
+  Upsamples by 16. Output: [B, H, W, channels], nominally in [0, 1] (not clipped,
+  so that training sees the true error).
+  """
+
+  def __init__(self, num_filters=192, channels=3, name="synthesis", **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.num_filters = int(num_filters)
+    self.channels = int(channels)
+    for i in range(3):
+      self._stack.append(_conv(
+          self.num_filters, 5, up=2, name=f"conv_{i}",
+          activation=tfc.GDN(name=f"igdn_{i}", inverse=True)))
+    self._stack.append(_conv(self.channels, 5, up=2, name="conv_3"))
+
+  def _hparams(self):
+    return dict(num_filters=self.num_filters, channels=self.channels)
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class HyperAnalysisTransform(_Stack):
+  """Latents -> hyper-latents (downsamples by 4).
+
+  `absolute_input=True` is Ballé et al. (2018)'s scale hyperprior, which only
+  needs to predict scales and so looks at |y|; mean-scale models see y itself.
+  """
+
+  def __init__(self, num_filters=192, hyperprior_depth=None,
+               absolute_input=False, name="hyper_analysis", **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.num_filters = int(num_filters)
+    self.hyperprior_depth = int(hyperprior_depth or num_filters)
+    self.absolute_input = bool(absolute_input)
+    self._stack += [
+        _conv(self.num_filters, 3, name="conv_0", activation=tf.nn.relu),
+        _conv(self.num_filters, 5, down=2, name="conv_1", activation=tf.nn.relu),
+        _conv(self.hyperprior_depth, 5, down=2, name="conv_2", use_bias=False),
+    ]
+
+  def call(self, y):
+    return super().call(tf.abs(y) if self.absolute_input else y)
+
+  def _hparams(self):
+    return dict(num_filters=self.num_filters,
+                hyperprior_depth=self.hyperprior_depth,
+                absolute_input=self.absolute_input)
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class HyperSynthesisTransform(_Stack):
+  """Hyper-latents -> entropy parameters (upsamples by 4).
+
+  `output_depth` is the number of parameter channels: the latent depth for
+  scale indexes only, twice that for means and scales.
+  """
+
+  def __init__(self, num_filters=192, output_depth=192,
+               final_activation=None, name="hyper_synthesis", **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.num_filters = int(num_filters)
+    self.output_depth = int(output_depth)
+    self.final_activation = final_activation
+    # kernel_parameter="variable": as in tfc, the RDFT parameterisation buys
+    # nothing for these small kernels.
+    self._stack += [
+        _conv(self.num_filters, 5, up=2, name="conv_0", activation=tf.nn.relu,
+              kernel_parameter="variable"),
+        _conv(self.num_filters, 5, up=2, name="conv_1", activation=tf.nn.relu,
+              kernel_parameter="variable"),
+        _conv(self.output_depth, 3, name="conv_2",
+              activation=tf.keras.activations.get(final_activation),
+              kernel_parameter="variable"),
+    ]
+
+  def _hparams(self):
+    return dict(num_filters=self.num_filters, output_depth=self.output_depth,
+                final_activation=self.final_activation)
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class SliceTransform(_Stack):
+  """Channel-conditional parameter network of Minnen & Singh (2020).
+
+  Maps [hyper-parameters, previously decoded slices] to the means, scales or
+  latent residual prediction of one slice, at the latent resolution.
+  """
+
+  def __init__(self, num_filters=192, output_depth=32, name="slice_transform",
+               **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.num_filters = int(num_filters)
+    self.output_depth = int(output_depth)
+    hidden = max(self.num_filters * 2 // 3, self.output_depth)
+    self._stack += [
+        _conv(hidden, 5, name="conv_0", activation=tf.nn.relu,
+              kernel_parameter="variable"),
+        _conv(max(hidden // 2, self.output_depth), 5, name="conv_1",
+              activation=tf.nn.relu, kernel_parameter="variable"),
+        _conv(self.output_depth, 3, name="conv_2", kernel_parameter="variable"),
+    ]
+
+  def _hparams(self):
+    return dict(num_filters=self.num_filters, output_depth=self.output_depth)

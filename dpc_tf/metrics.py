@@ -1,0 +1,44 @@
+"""Quality of decoded 8-bit images against their originals, as the field reports it.
+
+PSNR on 8-bit RGB; MS-SSIM on [0, 1] floats via `perceptual.msssim` (which
+copes with images under 161 px), also in dB: -10 log10(1 - MS-SSIM).
+"""
+
+import math
+
+import numpy as np
+
+
+def _pair(original, decoded):
+  a = np.asarray(original)
+  b = np.asarray(decoded)
+  if a.shape != b.shape:
+    raise ValueError(f"Images differ in shape: {a.shape} vs {b.shape}.")
+  return a, b
+
+
+def psnr(original, decoded, max_value=255.0):
+  """PSNR in dB over all pixels and channels (inf for identical images)."""
+  a, b = _pair(original, decoded)
+  mse = np.mean((a.astype(np.float64) - b.astype(np.float64))**2)
+  return math.inf if mse == 0 else 10.0 * math.log10(max_value**2 / mse)
+
+
+def msssim(original, decoded):
+  """MS-SSIM of two uint8 [H, W, 3] images."""
+  import tensorflow as tf
+  import perceptual
+  a, b = _pair(original, decoded)
+  x = tf.constant(a[None], tf.float32) / 255.0
+  y = tf.constant(b[None], tf.float32) / 255.0
+  return float(perceptual.msssim(x, y)[0])
+
+
+def msssim_db(value):
+  return math.inf if value >= 1.0 else -10.0 * math.log10(1.0 - value)
+
+
+def bpp(num_bytes, image):
+  """Bits per pixel of `num_bytes` for an [H, W, ...] image."""
+  height, width = np.asarray(image).shape[:2]
+  return 8.0 * num_bytes / (height * width)

@@ -1,0 +1,58 @@
+"""Factorized-prior model of Ballé, Laparra & Simoncelli (ICLR 2017).
+
+J. Ballé, V. Laparra, E. P. Simoncelli: "End-to-end Optimized Image
+Compression", https://arxiv.org/abs/1611.01704. One fully factorized density
+per latent channel; no side information.
+"""
+
+import tensorflow as tf
+import tensorflow_compression as tfc
+
+from dpc_tf import layers
+from dpc_tf.models.base import CompressionModel
+from dpc_tf.models.registry import register_model
+
+
+@register_model("factorized")
+class FactorizedCodec(CompressionModel):
+  """GDN analysis/synthesis transforms with a factorized entropy model."""
+
+  stride = 16
+
+  def __init__(self, num_filters=192, latent_depth=None, **kwargs):
+    super().__init__(**kwargs)
+    self.num_filters = int(num_filters)
+    self.latent_depth = int(latent_depth or num_filters)
+    self.analysis_transform = layers.AnalysisTransform(
+        self.num_filters, self.latent_depth)
+    self.synthesis_transform = layers.SynthesisTransform(self.num_filters)
+    self.prior = tfc.NoisyDeepFactorized(batch_shape=(self.latent_depth,))
+    self._build_weights()
+
+  def get_config(self):
+    return dict(super().get_config(), num_filters=self.num_filters,
+                latent_depth=self.latent_depth)
+
+  @property
+  def string_names(self):
+    return ("y",)
+
+  def _priors(self):
+    return {"y": self.prior}
+
+  def _forward(self, x, training):
+    em = self._batched_entropy_model(self.prior)
+    y = self.analysis_transform(x)
+    y_tilde, bits = em(y, training=training)
+    y_hat = self._reconstruction(em, y, y_tilde) if training else y_tilde
+    return self.synthesis_transform(y_hat), bits
+
+  def _compress(self, x):
+    return [self.frozen_y.compress(self.analysis_transform(x))]
+
+  def _decompress(self, strings, padded_shape):
+    y_hat = self.frozen_y.decompress(strings[0], padded_shape // 16)
+    return self.synthesis_transform(y_hat)
+
+  def _latents(self, x):
+    return tf.round(self.analysis_transform(x))

@@ -1,0 +1,157 @@
+"""`joint`: mean-scale hyperprior plus a channel-wise autoregressive context model.
+
+D. Minnen, S. Singh, "Channel-wise autoregressive entropy models for learned
+image compression", ICIP 2020, https://arxiv.org/abs/2007.08739.
+
+The DPC paper builds on a joint hyperprior + context model (Minnen et al. 2018,
+spatial masked convolutions). Its spatial context must be decoded one latent
+position after another: minutes for a Kodak image in TensorFlow on a CPU. The
+channel-wise context splits the latents into slices along channels and
+conditions each slice on the hyperprior and the slices decoded before it, so
+decoding takes `num_slices` parallel steps, and latent residual prediction
+(LRP) recovers part of the quantisation error. It matches or beats the serial
+model's rate-distortion at a fraction of the decoding time.
+"""
+
+import tensorflow as tf
+import tensorflow_compression as tfc
+
+from dpc_tf import layers
+from dpc_tf.models.base import CompressionModel
+from dpc_tf.models.registry import register_model
+
+
+@register_model("joint")
+class ChannelwiseContextCodec(CompressionModel):
+  """Hyperprior + channel-wise autoregressive context model with LRP."""
+
+  stride = 64
+
+  def __init__(self, num_filters=192, latent_depth=320, hyperprior_depth=192,
+               num_slices=10, max_support_slices=5, **kwargs):
+    super().__init__(**kwargs)
+    self.num_filters = int(num_filters)
+    self.latent_depth = int(latent_depth)
+    self.hyperprior_depth = int(hyperprior_depth)
+    self.num_slices = int(num_slices)
+    self.max_support_slices = int(max_support_slices)
+    if self.num_slices < 1 or self.latent_depth % self.num_slices:
+      raise ValueError(f"num_slices ({self.num_slices}) must divide latent_depth "
+                       f"({self.latent_depth}).")
+    slice_depth = self.latent_depth // self.num_slices
+    self.analysis_transform = layers.AnalysisTransform(
+        self.num_filters, self.latent_depth)
+    self.synthesis_transform = layers.SynthesisTransform(self.num_filters)
+    self.hyper_analysis_transform = layers.HyperAnalysisTransform(
+        self.num_filters, self.hyperprior_depth)
+    # The hyper-synthesis outputs features, not parameters; the slice
+    # transforms turn them into means and scales (hence ReLU at the end).
+    self.hyper_synthesis_mean = layers.HyperSynthesisTransform(
+        self.num_filters, self.latent_depth, final_activation="relu",
+        name="hyper_synthesis_mean")
+    self.hyper_synthesis_scale = layers.HyperSynthesisTransform(
+        self.num_filters, self.latent_depth, final_activation="relu",
+        name="hyper_synthesis_scale")
+    def slice_transforms(kind):
+      return [layers.SliceTransform(self.num_filters, slice_depth,
+                                    name=f"{kind}_{i}")
+              for i in range(self.num_slices)]
+    self.mean_transforms = slice_transforms("slice_mean")
+    self.scale_transforms = slice_transforms("slice_scale")
+    self.lrp_transforms = slice_transforms("slice_lrp")
+    self.hyperprior = tfc.NoisyDeepFactorized(batch_shape=(self.hyperprior_depth,))
+    self._build_weights()
+
+  def get_config(self):
+    return dict(super().get_config(), num_filters=self.num_filters,
+                latent_depth=self.latent_depth,
+                hyperprior_depth=self.hyperprior_depth,
+                num_slices=self.num_slices,
+                max_support_slices=self.max_support_slices)
+
+  @property
+  def string_names(self):
+    return ("z",) + tuple(f"y{i}" for i in range(self.num_slices))
+
+  def _priors(self):
+    return {"z": self.hyperprior}
+
+  def _uses_indexed_model(self):
+    return True
+
+  def _slices(self, z_hat, y_shape, code_slice):
+    """Runs the context model slice by slice; returns the decoded latents.
+
+    `code_slice(i, scale_indexes, means)` returns slice i quantised (before
+    LRP): from the latents when encoding or training, from the bit string
+    when decoding.
+    """
+    latent_means = self.hyper_synthesis_mean(z_hat)[:, :y_shape[0], :y_shape[1]]
+    latent_scales = self.hyper_synthesis_scale(z_hat)[:, :y_shape[0], :y_shape[1]]
+    decoded = []
+    for i in range(self.num_slices):
+      support = (decoded if self.max_support_slices < 0
+                 else decoded[:self.max_support_slices])
+      mean_support = tf.concat([latent_means] + support, axis=-1)
+      scale_support = tf.concat([latent_scales] + support, axis=-1)
+      means = self.mean_transforms[i](mean_support)
+      scale_indexes = self.scale_transforms[i](scale_support)
+      y_hat = code_slice(i, scale_indexes, means)
+      lrp = self.lrp_transforms[i](tf.concat([mean_support, y_hat], axis=-1))
+      decoded.append(y_hat + 0.5 * tf.math.tanh(lrp))
+    return tf.concat(decoded, axis=-1)
+
+  def _forward(self, x, training):
+    em_z = self._batched_entropy_model(self.hyperprior)
+    em_y = self._indexed_entropy_model()
+    y = self.analysis_transform(x)
+    z = self.hyper_analysis_transform(y)
+    z_tilde, z_bits = em_z(z, training=training)
+    z_hat = self._reconstruction(em_z, z, z_tilde) if training else z_tilde
+    y_slices = tf.split(y, self.num_slices, axis=-1)
+    bits = [z_bits]
+
+    def code_slice(i, scale_indexes, means):
+      y_tilde, slice_bits = em_y(y_slices[i], scale_indexes, loc=means,
+                                 training=training)
+      bits.append(slice_bits)
+      if not training:
+        return y_tilde
+      return self._reconstruction(em_y, y_slices[i], y_tilde, loc=means)
+
+    y_hat = self._slices(z_hat, tf.shape(y)[1:3], code_slice)
+    return self.synthesis_transform(y_hat), tf.add_n(bits)
+
+  def _compress(self, x):
+    y = self.analysis_transform(x)
+    z = self.hyper_analysis_transform(y)
+    y_slices = tf.split(y, self.num_slices, axis=-1)
+    strings = [self.frozen_z.compress(z)]
+
+    def code_slice(i, scale_indexes, means):
+      strings.append(self.frozen_indexed.compress(y_slices[i], scale_indexes,
+                                                  loc=means))
+      return self.frozen_indexed.quantize(y_slices[i], loc=means)
+
+    self._slices(self.frozen_z.quantize(z), tf.shape(y)[1:3], code_slice)
+    return strings
+
+  def _decompress(self, strings, padded_shape):
+    z_hat = self.frozen_z.decompress(strings[0], padded_shape // self.stride)
+
+    def code_slice(i, scale_indexes, means):
+      return self.frozen_indexed.decompress(strings[1 + i], scale_indexes,
+                                            loc=means)
+
+    y_hat = self._slices(z_hat, padded_shape // 16, code_slice)
+    return self.synthesis_transform(y_hat)
+
+  def _latents(self, x):
+    y = self.analysis_transform(x)
+    z_hat = tf.round(self.hyper_analysis_transform(y))
+    y_slices = tf.split(y, self.num_slices, axis=-1)
+
+    def code_slice(i, scale_indexes, means):
+      return tf.round(y_slices[i] - means) + means
+
+    return self._slices(z_hat, tf.shape(y)[1:3], code_slice)

@@ -1,0 +1,150 @@
+"""Saving and loading trained codecs: `model.json` plus a TF checkpoint.
+
+    directory/
+      model.json          architecture, hyper-parameters, frozen-table shapes,
+                          weights fingerprint, format version
+      weights.index       TF checkpoint of the weights and coding tables
+      weights.data-*
+
+Why not Keras' own formats: with tfc 2.14, `.keras` files and
+`save_weights("*.weights.h5")` silently drop tfc's variables (the reloaded
+model decodes garbage, with no error). The TF-checkpoint format keeps them,
+and storing the frozen tables avoids recomputing them (seconds) at load time.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from dpc_tf.models import registry
+
+MODEL_FILE = "model.json"
+WEIGHTS_PREFIX = "weights"
+FORMAT = "dpc_tf.model"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+  """A model directory is missing, incomplete or does not match its weights."""
+
+
+def config_hash(architecture, config):
+  """Short hash of an architecture and its hyper-parameters."""
+  canonical = json.dumps([architecture, config], sort_keys=True,
+                         separators=(",", ":"))
+  return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
+def fingerprint(model):
+  """SHA-256 (first 16 hex digits) of the hyper-parameters and every weight.
+
+  Covers the frozen coding tables too: two models that decode the same bits
+  to different pixels never share a fingerprint.
+  """
+  h = hashlib.sha256(config_hash(model.architecture, model.get_config()).encode())
+  for variable in model.variables:
+    value = np.ascontiguousarray(variable.numpy())
+    h.update(f"{value.dtype.str}{value.shape}".encode())
+    h.update(value.tobytes())
+  return h.hexdigest()[:16]
+
+
+def _deployment_copy(model):
+  """A fresh model with the same weights and tables but no optimizer state."""
+  copy = registry.create_model(model.architecture, **model.get_config())
+  copy.restore_frozen(model.frozen_config())
+  if len(copy.variables) != len(model.variables):
+    raise RuntimeError("Model copy has a different set of variables; "
+                       "this is a bug in the architecture's definition.")
+  for target, source in zip(copy.variables, model.variables):
+    if target.shape != source.shape:
+      raise RuntimeError(f"Variable shapes differ in model copy: {target.name} "
+                         f"{target.shape} vs {source.name} {source.shape}.")
+    target.assign(source)
+  return copy
+
+
+def save_model(model, directory, overwrite=False):
+  """Saves a trained model for `load_model`, `dpc` and export.
+
+  Freezes the coding tables first if `update()` was never called. Writes to a
+  temporary directory and renames it, so a crash never leaves half a model.
+  Returns the model's fingerprint.
+  """
+  directory = os.fspath(directory)
+  if os.path.exists(directory) and not overwrite:
+    raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it.")
+  if not model.is_frozen:
+    model.update()
+  copy = _deployment_copy(model)
+  parent = os.path.dirname(os.path.abspath(directory))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".tmp-model-", dir=parent)
+  try:
+    tf.train.Checkpoint(model=copy).write(os.path.join(tmp, WEIGHTS_PREFIX))
+    meta = dict(format=FORMAT, format_version=FORMAT_VERSION,
+                architecture=model.architecture, config=model.get_config(),
+                frozen=copy.frozen_config(), fingerprint=fingerprint(copy))
+    with open(os.path.join(tmp, MODEL_FILE), "w") as f:
+      json.dump(meta, f, indent=2, sort_keys=True)
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.replace(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return meta["fingerprint"]
+
+
+def read_model_info(directory):
+  """Reads and checks `model.json` without building the model (no weights)."""
+  directory = os.fspath(directory)
+  path = os.path.join(directory, MODEL_FILE)
+  if not os.path.isfile(path):
+    raise ModelFileError(
+        f"{directory} is not a dpc_tf model directory (no {MODEL_FILE}). Save "
+        "one with dpc_tf.save_model() or train one with dpc-train.")
+  try:
+    with open(path) as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ModelFileError(f"{path} is unreadable: {e}") from None
+  if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    raise ModelFileError(f"{path} is not a dpc_tf model description.")
+  if meta.get("format_version") != FORMAT_VERSION:
+    raise ModelFileError(
+        f"{path} has model format version {meta.get('format_version')}; this "
+        f"dpc_tf reads version {FORMAT_VERSION}. Upgrade dpc_tf or re-save it.")
+  for key in ("architecture", "config", "frozen", "fingerprint"):
+    if key not in meta:
+      raise ModelFileError(f"{path} lacks {key!r}.")
+  return meta
+
+
+def load_model(directory):
+  """Loads a model saved by `save_model`, ready to compress (tables frozen)."""
+  directory = os.fspath(directory)
+  meta = read_model_info(directory)
+  model = registry.create_model(meta["architecture"], **meta["config"])
+  model.restore_frozen(meta["frozen"])
+  prefix = os.path.join(directory, WEIGHTS_PREFIX)
+  if not tf.io.gfile.exists(prefix + ".index"):
+    raise ModelFileError(f"{directory} has no weights ({WEIGHTS_PREFIX}.index).")
+  try:
+    status = tf.train.Checkpoint(model=model).read(prefix)
+    status.assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    raise ModelFileError(
+        f"Weights in {directory} do not fit a {meta['architecture']} model with "
+        f"config {meta['config']}: {str(e).splitlines()[0]}") from None
+  actual = fingerprint(model)
+  if actual != meta["fingerprint"]:
+    raise ModelFileError(
+        f"Weights in {directory} have fingerprint {actual}, but model.json says "
+        f"{meta['fingerprint']}: the files are corrupt or from different models.")
+  return model
