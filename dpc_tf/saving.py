@@ -47,7 +47,7 @@ def fingerprint(model):
   to different pixels never share a fingerprint.
   """
   h = hashlib.sha256(config_hash(model.architecture, model.get_config()).encode())
-  for variable in model.variables:
+  for variable in model.codec_variables():
     value = np.ascontiguousarray(variable.numpy())
     h.update(f"{value.dtype.str}{value.shape}".encode())
     h.update(value.tobytes())
@@ -58,10 +58,11 @@ def _deployment_copy(model):
   """A fresh model with the same weights and tables but no optimizer state."""
   copy = registry.create_model(model.architecture, **model.get_config())
   copy.restore_frozen(model.frozen_config())
-  if len(copy.variables) != len(model.variables):
+  targets, sources = copy.codec_variables(), model.codec_variables()
+  if len(targets) != len(sources):
     raise RuntimeError("Model copy has a different set of variables; "
                        "this is a bug in the architecture's definition.")
-  for target, source in zip(copy.variables, model.variables):
+  for target, source in zip(targets, sources):
     if target.shape != source.shape:
       raise RuntimeError(f"Variable shapes differ in model copy: {target.name} "
                          f"{target.shape} vs {source.name} {source.shape}.")

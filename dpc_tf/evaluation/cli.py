@@ -1,5 +1,10 @@
 """`dpc eval`: rate-quality curves of our models and classical codecs.
 
+Compresses images with learned models and classical codecs, measures real bpp,
+PSNR, MS-SSIM (and LPIPS), and writes points.csv, summary.{json,csv,md},
+rate-quality plots and BD-rates into --out. Rerunning with the same --out
+resumes.
+
     dpc eval ../shared/data/kodak/*.png --out results/kodak \\
         --codecs jpeg420,jpeg444,jpeg2000,webp,avif,hevc444,hevc420,jpegxl \\
         --model dpc-msssim=runs/l0.01,runs/l0.03 --anchor jpeg420
@@ -19,10 +24,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".pnm", ".t
 
 def add_arguments(parser):
   """Adds the `dpc eval` arguments to an argparse parser."""
-  parser.description = (
-      "Compress images with learned models and classical codecs, measure real bpp, "
-      "PSNR, MS-SSIM (and LPIPS), and write points.csv, summary.{json,csv,md}, "
-      "rate-quality plots and BD-rates. Rerunning with the same --out resumes.")
   parser.add_argument(
       "images", nargs="*",
       help="image files, directories (all images inside) or quoted glob patterns")
@@ -46,7 +47,8 @@ def add_arguments(parser):
   parser.add_argument("--bd-method", default="akima", choices=("akima", "pchip", "cubic"),
                       help="BD-rate interpolation (pchip reproduces the JVET Excel sheets)")
   parser.add_argument("--lpips-weights", default=None,
-                      help="LPIPS weights file; LPIPS is measured only when given")
+                      help="LPIPS weights file from `dpc lpips-convert` (or a directory holding "
+                           "lpips_<trunk>_v0.1.npz); LPIPS is measured only when given")
   parser.add_argument("--lpips-trunk", default="alex",
                       help="trunk network of the LPIPS weights (default alex)")
   parser.add_argument("--max-images", type=int, default=None,
@@ -149,8 +151,9 @@ def run(args):
       anchor = args.anchor
     from dpc_tf.evaluation.metrics import Metrics
     from dpc_tf.evaluation.runner import evaluate
-    if args.lpips_weights and not os.path.isfile(args.lpips_weights):
-      raise ValueError(f"--lpips-weights {args.lpips_weights!r} is not a file.")
+    if args.lpips_weights and not os.path.exists(args.lpips_weights):
+      raise ValueError(f"--lpips-weights {args.lpips_weights!r} does not exist (see "
+                       "docs/lpips.md for how to make the weights file).")
     metrics = Metrics(lpips_weights=args.lpips_weights, lpips_trunk=args.lpips_trunk)
     summary = evaluate(images, codecs, args.out, metrics=metrics, anchor=anchor,
                        bd_method=args.bd_method, max_images=args.max_images,
@@ -166,7 +169,9 @@ def run(args):
 
 def main(argv=None):
   """Runs the verb on its own: python -m dpc_tf.evaluation.cli ..."""
-  parser = add_arguments(argparse.ArgumentParser(prog="dpc eval"))
+  parser = add_arguments(argparse.ArgumentParser(
+      prog="dpc eval", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter))
   return run(parser.parse_args(argv))
 
 

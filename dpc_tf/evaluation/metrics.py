@@ -1,7 +1,7 @@
 """Quality of a decoded image against its original, as `dpc eval` reports it.
 
-- psnr: over all RGB samples of the 8-bit images, 10 log10(255^2 / MSE);
-  infinite for identical images.
+- psnr: `dpc_tf.metrics.psnr`, over all RGB samples of the 8-bit images,
+  10 log10(255^2 / MSE); infinite for identical images.
 - msssim: `perceptual.msssim` on the images scaled to [0, 1] (per image, with
   as many scales as the image size allows), and msssim_db =
   `perceptual.msssim_db(msssim)` = -10 log10(1 - MS-SSIM).
@@ -11,22 +11,15 @@
 TensorFlow and `perceptual` are imported when the first image is measured.
 """
 
-import math
-
 import numpy as np
+
+from dpc_tf.metrics import psnr
 
 # Metric columns in points.csv, and whether higher values are better.
 METRICS = {"psnr": True, "msssim": True, "msssim_db": True, "lpips": False}
 
 LABELS = {"psnr": "PSNR (RGB) [dB]", "msssim": "MS-SSIM",
           "msssim_db": "MS-SSIM [dB]", "lpips": "LPIPS (lower is better)"}
-
-
-def psnr(original, decoded):
-  """PSNR in dB of two uint8 images over all samples; inf if identical."""
-  difference = original.astype(np.float64) - decoded.astype(np.float64)
-  mse = float(np.mean(np.square(difference)))
-  return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 _MSSSIM_FUNCTION = None
@@ -72,9 +65,22 @@ class Metrics:
   def _build(self):
     self._msssim = _msssim_function()
     if self.lpips_weights:
+      import tensorflow as tf
       import perceptual
       # Fails here, before any point is measured, if the weights are unusable.
-      self._lpips = perceptual.LPIPS(trunk=self.lpips_trunk, weights_path=self.lpips_weights)
+      layer = perceptual.LPIPS(trunk=self.lpips_trunk, weights_path=self.lpips_weights)
+      self.lpips_weights_file = layer.weights_file
+      self.lpips_weights_sha256 = layer.weights_sha256
+      self._lpips = tf.function(layer)
+
+  def describe(self):
+    """What is measured and with which LPIPS weights, for the summary."""
+    info = {"metrics": self.names}
+    if self.lpips_weights:
+      info["lpips"] = {"trunk": self.lpips_trunk,
+                       "weights_file": getattr(self, "lpips_weights_file", self.lpips_weights),
+                       "weights_sha256": getattr(self, "lpips_weights_sha256", None)}
+    return info
 
   def __call__(self, original, decoded):
     """Returns {metric name: float} for one pair of uint8 [H, W, 3] images."""

@@ -256,6 +256,7 @@ def evaluate(images, codecs, out_dir, metrics=None, anchor=None, bd_method="akim
                  "description": report.describe_images(readable, sizes),
                  "unreadable": [f["image"] for f in failures if f["stage"] == "read"]},
       "metrics": metrics.names,
+      "lpips": metrics.describe().get("lpips"),
       "codecs": {c.name: {"description": c.describe(), "setting_name": c.setting_name,
                           "settings": [c.setting_key(s) for s in c.settings],
                           "learned": bool(getattr(c, "learned", False))}

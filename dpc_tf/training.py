@@ -1,0 +1,600 @@
+"""Training codecs with `fit`: strategies, schedules, callbacks, resumable runs.
+
+`train(TrainConfig(...))` is what the `dpc-train` program runs; the pieces are
+public for scripts of your own:
+
+- `make_strategy(name)`: "default", "mirrored" (GPUs of one machine),
+  "multi_worker" (machines listed in $TF_CONFIG) or "tpu".
+- `learning_rate_schedule(...)`: constant, cosine or step decay.
+- Callbacks: `TerminateOnNonFinite` (stops at the first NaN/Inf loss with an
+  error that says what to do), `ValidationImages` (PSNR, MS-SSIM, LPIPS and
+  reconstructions of a few validation images in TensorBoard), `RunProgress`
+  (steps run by this process, for reports).
+- Resuming: `train` backs the run up every `checkpoint_every` steps with Keras'
+  `BackupAndRestore` in `output_dir/backup`; running the same command again
+  after a crash or kill restores weights, optimizer and the epoch/step
+  counters and continues where the last backup left off.
+
+Layout of `output_dir`:
+
+    model/             the trained model (dpc_tf.save_model: model.json + weights)
+    flags.txt          the program's flags (reusable: --flagfile=flags.txt)
+    run_summary.json   steps, final metrics, skipped images, fingerprint
+    logs/              TensorBoard: train/, validation/, val_images/
+    backup/            while training: the latest backup (deleted at the end)
+"""
+
+import dataclasses
+import inspect
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+
+from absl import logging
+import tensorflow as tf
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+LR_SCHEDULES = ("constant", "cosine", "step")
+# Options of registered distortions that the trainer can set.
+_DISTORTION_OPTIONS = ("alpha", "trunk", "weights_path")
+
+
+class TrainingError(RuntimeError):
+  """A run that cannot start or had to stop; the message says what to do."""
+
+
+class NonFiniteLossError(TrainingError):
+  """The training loss became NaN or infinite."""
+
+
+# -- Strategies --------------------------------------------------------------
+
+
+def split_cpu(num_devices):
+  """Splits the host CPU into `num_devices` logical devices.
+
+  Lets `mirrored` run several replicas on a machine without GPUs (to try
+  tf.distribute, or in tests). Must run before TensorFlow creates devices.
+  """
+  cpus = tf.config.list_physical_devices("CPU")
+  try:
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * num_devices)
+  except RuntimeError as e:
+    raise TrainingError(
+        f"Cannot split the CPU into {num_devices} devices: TensorFlow has "
+        f"already initialised its devices ({e}). Do it first thing in the "
+        "process.") from None
+
+
+def make_strategy(name="default", devices=None, tpu=None):
+  """Returns the `tf.distribute.Strategy` called `name`.
+
+  Args:
+    name: "default" (one device), "mirrored" (all GPUs of this machine, or
+      `devices`; the logical CPUs if the CPU was split with `split_cpu`),
+      "multi_worker" (MultiWorkerMirroredStrategy over the cluster in
+      $TF_CONFIG) or "tpu".
+    devices: device names for "mirrored", e.g. ["/gpu:0", "/gpu:1"].
+    tpu: TPU name or grpc:// address for "tpu" ("" or None: the local TPU or
+      the one in the environment, as on Cloud TPU VMs).
+  """
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    if not devices:
+      gpus = tf.config.list_logical_devices("GPU")
+      cpus = tf.config.list_logical_devices("CPU")
+      if not gpus and len(cpus) > 1:
+        devices = [d.name for d in cpus]
+    return tf.distribute.MirroredStrategy(devices=devices or None)
+  if name == "multi_worker":
+    if "TF_CONFIG" not in os.environ:
+      raise TrainingError(
+          "--strategy=multi_worker needs the cluster in $TF_CONFIG, e.g. "
+          '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+          '"task": {"type": "worker", "index": 0}} (see docs/train_export.md).')
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if name == "tpu":
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+  raise TrainingError(f"Unknown strategy {name!r}; choose one of "
+                      f"{', '.join(STRATEGIES)}.")
+
+
+def is_chief(strategy):
+  """True unless this is a non-chief worker of a multi-worker run.
+
+  Only the chief writes the model, summaries and checkpoints; the others
+  write to temporary directories (as the tf.distribute guide prescribes).
+  """
+  return bool(strategy.extended.should_checkpoint)
+
+
+# -- Learning rate -------------------------------------------------------------
+
+
+def learning_rate_schedule(kind, learning_rate, total_steps=None,
+                           decay_steps=None, final_fraction=0.01,
+                           boundaries=(), decay_factor=0.1):
+  """A learning rate or Keras schedule (a function of the optimizer's step).
+
+  Args:
+    kind: "constant"; "cosine" (from `learning_rate` to
+      `final_fraction * learning_rate` over `decay_steps`, default the whole
+      run, then constant); or "step" (multiplied by `decay_factor` at each
+      step in `boundaries`).
+    learning_rate: the initial learning rate.
+    total_steps: steps of the whole run (cosine's default `decay_steps`).
+  """
+  if not learning_rate > 0:
+    raise TrainingError(f"The learning rate must be > 0, got {learning_rate}.")
+  if kind == "constant":
+    return float(learning_rate)
+  if kind == "cosine":
+    steps = decay_steps or total_steps
+    if not steps or steps < 1:
+      raise TrainingError("The cosine schedule needs decay steps > 0.")
+    return tf.keras.optimizers.schedules.CosineDecay(
+        float(learning_rate), int(steps), alpha=float(final_fraction))
+  if kind == "step":
+    boundaries = [int(b) for b in boundaries]
+    if not boundaries or boundaries != sorted(set(boundaries)) or boundaries[0] < 1:
+      raise TrainingError("The step schedule needs increasing, positive step "
+                          f"boundaries (--lr_boundaries), got {boundaries}.")
+    values = [float(learning_rate) * decay_factor ** i
+              for i in range(len(boundaries) + 1)]
+    return tf.keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+  raise TrainingError(f"Unknown learning-rate schedule {kind!r}; choose one "
+                      f"of {', '.join(LR_SCHEDULES)}.")
+
+
+# -- Distortion --------------------------------------------------------------
+
+
+def make_distortion(name, **options):
+  """Builds a registered distortion, passing only the options it takes.
+
+  `options` may hold alpha, trunk and weights_path (None means the
+  distortion's default); those the distortion does not accept are left out,
+  so one set of flags serves "mse" as well as "dpc".
+  """
+  import perceptual
+  from perceptual import losses
+  if name not in perceptual.available_distortions():
+    raise TrainingError(f"Unknown distortion {name!r}; choose one of "
+                        f"{', '.join(perceptual.available_distortions())}.")
+  accepted = inspect.signature(losses._REGISTRY[name].__init__).parameters
+  kwargs = {k: v for k, v in options.items()
+            if v is not None and k in accepted}
+  return perceptual.get_distortion(name, **kwargs)
+
+
+# -- Callbacks ---------------------------------------------------------------
+
+
+class TerminateOnNonFinite(tf.keras.callbacks.Callback):
+  """Stops training at the first NaN or infinite loss, with a clear error.
+
+  Unlike Keras' `TerminateOnNaN`, it raises (`NonFiniteLossError`) rather
+  than ending `fit` normally, so a broken model is neither frozen nor saved,
+  and the program exits with an error. Put it before `BackupAndRestore` in
+  the callbacks: the bad step is then never backed up, and a resumed run
+  starts from the last good backup.
+  """
+
+  def __init__(self, backup_dir=None):
+    super().__init__()
+    self.backup_dir = backup_dir
+    self._epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    loss = (logs or {}).get("loss")
+    if loss is None:
+      return
+    loss = float(loss)
+    if math.isfinite(loss):
+      return
+    bad = {k: float(v) for k, v in logs.items()
+           if not math.isfinite(float(v))}
+    resume = (f" The last good backup is in {self.backup_dir}: rerun the same "
+              "command with a lower --learning_rate to resume from it."
+              if self.backup_dir else "")
+    raise NonFiniteLossError(
+        f"Training stopped: the loss is {loss} at epoch {self._epoch + 1}, step "
+        f"{batch} (non-finite: {', '.join(sorted(bad))}). Usually the learning "
+        "rate is too high for this model and lambda, or the data holds "
+        f"non-finite values.{resume}")
+
+
+class RunProgress(tf.keras.callbacks.Callback):
+  """Records the steps this process ran and where it started (after a resume)."""
+
+  def __init__(self):
+    super().__init__()
+    self.steps_run = 0
+    self.first_epoch = None
+    self.first_step = None
+    self.last_logs = {}
+    self._epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+
+  def on_train_batch_begin(self, batch, logs=None):
+    if self.first_epoch is None:
+      self.first_epoch, self.first_step = self._epoch, batch
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.steps_run += 1
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.last_logs = {k: float(v) for k, v in (logs or {}).items()}
+
+
+class ValidationImages(tf.keras.callbacks.Callback):
+  """Logs quality metrics and reconstructions of a few validation images.
+
+  At the end of each epoch (on the chief only), runs the model on the images
+  (quantised latents, as at test time) and writes to TensorBoard under
+  `log_dir`: `psnr`, `msssim`, `msssim_db`, `lpips` (if an `lpips` metric is
+  given) and the estimated `bpp`, averaged over the images, plus
+  `reconstructions`: each original beside its reconstruction.
+
+  Args:
+    images: uint8 [H, W, 3] numpy images (e.g. center crops); their sides
+      should be multiples of 16.
+    log_dir: TensorBoard directory for these summaries.
+    lpips: a `perceptual.LPIPS` layer, or None.
+    every: log every this many epochs.
+  """
+
+  def __init__(self, images, log_dir, lpips=None, every=1):
+    super().__init__()
+    self.images = [image for image in images]
+    self.log_dir = log_dir
+    self.lpips = lpips
+    self.every = max(1, int(every))
+    self._writer = None
+
+  def evaluate(self):
+    """{name: mean value} and the side-by-side uint8 images."""
+    import numpy as np
+    import perceptual
+    from dpc_tf import metrics
+    results, panels = [], []
+    for image in self.images:
+      x = tf.convert_to_tensor(image[None], tf.float32) / 255.0
+      x_hat, bits = self.model(x, training=False)
+      x_hat = tf.clip_by_value(x_hat, 0.0, 1.0)
+      decoded = tf.cast(tf.round(x_hat[0] * 255.0), tf.uint8).numpy()
+      msssim = float(perceptual.msssim(x, x_hat)[0])
+      values = dict(psnr=metrics.psnr(image, decoded), msssim=msssim,
+                    msssim_db=metrics.msssim_db(msssim),
+                    bpp=float(bits[0]) / (image.shape[0] * image.shape[1]))
+      if self.lpips is not None:
+        values["lpips"] = float(self.lpips(x, x_hat)[0])
+      results.append(values)
+      panels.append(np.concatenate([image, decoded], axis=1))
+    means = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+    return means, panels
+
+  def on_epoch_end(self, epoch, logs=None):
+    if (epoch + 1) % self.every or not self.images:
+      return
+    if not is_chief(self.model.distribute_strategy):
+      return
+    means, panels = self.evaluate()
+    if self._writer is None:
+      self._writer = tf.summary.create_file_writer(self.log_dir)
+    with self._writer.as_default(step=epoch):
+      for name, value in means.items():
+        tf.summary.scalar(f"epoch_{name}", value)
+      # Panels of different sizes cannot share one summary.
+      for i, panel in enumerate(panels):
+        tf.summary.image(f"reconstruction_{i}", panel[None], max_outputs=1)
+    self._writer.flush()
+    logging.info("Validation images after epoch %d: %s", epoch + 1,
+                 ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+
+  def on_train_end(self, logs=None):
+    if self._writer is not None:
+      self._writer.close()
+
+
+# -- Backups -----------------------------------------------------------------
+
+
+def backup_state(backup_dir):
+  """(epoch, step) of the last backup in `backup_dir`, or None.
+
+  `step` is the index in its epoch of the last step the backup includes; -1
+  for a backup taken at the end of an epoch.
+  """
+  path = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+  if path is None:
+    return None
+  reader = tf.train.load_checkpoint(path)
+  epoch = int(reader.get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+  step = int(reader.get_tensor("ckpt_saved_batch/.ATTRIBUTES/VARIABLE_VALUE"))
+  return epoch, step
+
+
+# -- The training run ----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Everything a training run needs; the `dpc-train` flags of the same names."""
+  output_dir: str
+  # Model.
+  arch: str = "hyperprior"
+  num_filters: int = None        # None: the architecture's default.
+  latent_depth: int = None
+  hyperprior_depth: int = None
+  num_slices: int = None
+  # Loss.
+  lmbda: float = 0.01
+  distortion: str = "mse"
+  alpha: float = None            # dpc: weight of LPIPS (None: its default).
+  lpips_trunk: str = "alex"
+  lpips_weights: str = None      # None: $DPC_LPIPS_WEIGHTS.
+  quantization_proxy: str = "ste"
+  # Optimisation.
+  patch_size: int = 256
+  batch_size: int = 8            # Global batch, split over replicas.
+  epochs: int = 100
+  steps_per_epoch: int = 1000
+  learning_rate: float = 1e-4
+  lr_schedule: str = "constant"
+  lr_decay_steps: int = None
+  lr_final_fraction: float = 0.01
+  lr_boundaries: tuple = ()
+  lr_decay_factor: float = 0.1
+  seed: int = None
+  # Data.
+  train_glob: str = None
+  tfds_name: str = None
+  tfds_split: str = "train"
+  tfds_data_dir: str = None
+  tfds_manual_dir: str = None
+  tfds_prepare: bool = False
+  tfds_image_key: str = "image"
+  tfds_val_split: str = None
+  crops_per_image: int = 1
+  val_glob: str = None
+  val_images: int = 4            # Images logged to TensorBoard.
+  val_image_size: int = 256
+  # Distribution.
+  strategy: str = "default"
+  devices: tuple = ()
+  cpu_devices: int = 0
+  tpu: str = None
+  # Run.
+  checkpoint_every: int = 1000   # Steps; 0: at the end of each epoch.
+  log_every: int = 100           # Steps between TensorBoard scalars; 0: epochs.
+  overwrite: bool = False
+  verbose: int = 1
+
+
+def _check_config(config):
+  import perceptual
+  from dpc_tf.models import registry
+  if config.arch not in registry.available_models():
+    raise TrainingError(f"Unknown --arch {config.arch!r}; choose one of "
+                        f"{', '.join(registry.available_models())}.")
+  if config.distortion not in perceptual.available_distortions():
+    raise TrainingError(f"Unknown --distortion {config.distortion!r}; choose one "
+                        f"of {', '.join(perceptual.available_distortions())}.")
+  if config.patch_size < 16 or config.patch_size % 16:
+    raise TrainingError(f"--patch_size must be a multiple of 16 (the analysis "
+                        f"transform's stride), got {config.patch_size}.")
+  for name in ("batch_size", "epochs", "steps_per_epoch", "crops_per_image"):
+    if getattr(config, name) < 1:
+      raise TrainingError(f"--{name} must be >= 1, got {getattr(config, name)}.")
+  if bool(config.train_glob) == bool(config.tfds_name):
+    raise TrainingError("Give exactly one data source: --train_glob (folders or "
+                        "globs of PNG/JPEG files) or --tfds_name.")
+  if not config.output_dir:
+    raise TrainingError("--output_dir is required.")
+
+
+def _model_hparams(config):
+  names = ("num_filters", "latent_depth", "hyperprior_depth", "num_slices")
+  return {n: getattr(config, n) for n in names if getattr(config, n) is not None}
+
+
+def _training_source(config):
+  from dpc_tf import data
+  if config.train_glob:
+    source = data.ImageFiles.from_patterns(config.train_glob, config.patch_size)
+    summary = source.scan.summary()
+    logging.info("Training images: %d usable files; skipped %d unreadable and "
+                 "%d smaller than %d px.", summary["usable"],
+                 summary["unreadable"], summary["too_small"], config.patch_size)
+    for line in summary["unreadable_examples"] + summary["too_small_examples"]:
+      logging.warning("Skipped training image %s", line)
+    return source, summary
+  source = data.TFDSImages(config.tfds_name, split=config.tfds_split,
+                           data_dir=config.tfds_data_dir,
+                           image_key=config.tfds_image_key,
+                           prepare=config.tfds_prepare,
+                           manual_dir=config.tfds_manual_dir)
+  logging.info("Training images: %s", source.describe())
+  return source, {}
+
+
+def _validation_images(config):
+  """uint8 validation images (list) and a summary of what was skipped."""
+  from dpc_tf import data
+  if config.val_glob:
+    images, skipped = data.read_validation_images(config.val_glob)
+    for path, reason in skipped:
+      logging.warning("Skipped validation image %s: %s", path, reason)
+    return images, dict(unreadable=len(skipped))
+  if config.tfds_name and config.tfds_val_split:
+    source = data.TFDSImages(config.tfds_name, split=config.tfds_val_split,
+                             data_dir=config.tfds_data_dir,
+                             image_key=config.tfds_image_key)
+    return source.first_images(64), {}
+  return [], {}
+
+
+def _image_crops(images, size, count):
+  """Center crops (sides multiples of 16, at most `size`) of the first images."""
+  from dpc_tf import data
+  crops = []
+  for image in images[:count]:
+    side = min(size, *image.shape[:2]) // 16 * 16
+    if side >= 16:
+      crops.append(data.center_crop(image, side))
+  return crops
+
+
+def _lpips_metric(config):
+  """A `perceptual.LPIPS` for validation if weights are available, else None."""
+  import perceptual
+  from perceptual import lpips_weights
+  try:
+    lpips_weights.resolve_weights_path(config.lpips_trunk, config.lpips_weights)
+  except (FileNotFoundError, ValueError):
+    logging.info("No LPIPS weights given (--lpips_weights or $%s): validation "
+                 "LPIPS is not logged.", lpips_weights.ENV_VAR)
+    return None
+  return perceptual.LPIPS(config.lpips_trunk, weights_path=config.lpips_weights)
+
+
+def train(config):
+  """Trains a model as `config` says; returns the run summary (a dict).
+
+  Writes `output_dir` as described in the module docstring. Re-running with
+  the same `output_dir` resumes from the last backup. Raises `TrainingError`
+  (or `NonFiniteLossError`) with a message for the user.
+  """
+  start = time.time()
+  if config.cpu_devices and config.cpu_devices > 1:
+    split_cpu(config.cpu_devices)
+  _check_config(config)
+  from dpc_tf import data, saving
+  from dpc_tf.models import registry
+
+  output_dir = os.path.abspath(os.path.expanduser(config.output_dir))
+  model_dir = os.path.join(output_dir, "model")
+  backup_dir = os.path.join(output_dir, "backup")
+  log_dir = os.path.join(output_dir, "logs")
+  if os.path.exists(model_dir) and not config.overwrite:
+    raise TrainingError(f"{model_dir} exists: this run has finished. Choose "
+                        "another --output_dir, or pass --overwrite to train again.")
+
+  strategy = make_strategy(config.strategy, devices=list(config.devices) or None,
+                           tpu=config.tpu)
+  chief = is_chief(strategy)
+  replicas = strategy.num_replicas_in_sync
+  if config.batch_size % replicas:
+    raise TrainingError(f"--batch_size ({config.batch_size}) is the global batch: "
+                        f"it must be a multiple of the {replicas} replicas.")
+  logging.info("Strategy %s: %d replica(s)%s.", config.strategy, replicas,
+               "" if chief else " (this worker is not the chief)")
+  if config.seed is not None:
+    tf.keras.utils.set_random_seed(config.seed)
+
+  # Data (the counter is created outside the strategy's scope on purpose).
+  source, file_summary = _training_source(config)
+  counter = data.SkipCounter()
+  dataset_fn = data.crops_dataset_fn(
+      source, config.patch_size, config.batch_size, counter=counter,
+      crops_per_image=config.crops_per_image, seed=config.seed)
+  val_images, val_skipped = _validation_images(config)
+  validation, validation_steps = None, None
+  if val_images:
+    crops, too_small = data.validation_crops(val_images, config.patch_size)
+    val_skipped["too_small"] = too_small
+    if crops:
+      validation, validation_steps = data.validation_dataset(crops,
+                                                             config.batch_size)
+    logging.info("Validation: %d crops of %d px (%d images smaller, skipped).",
+                 len(crops), config.patch_size, too_small)
+
+  total_steps = config.epochs * config.steps_per_epoch
+  with strategy.scope():
+    try:
+      model = registry.create_model(config.arch, **_model_hparams(config))
+    except ValueError as e:
+      raise TrainingError(str(e)) from None
+    distortion = make_distortion(config.distortion, alpha=config.alpha,
+                                 trunk=config.lpips_trunk,
+                                 weights_path=config.lpips_weights)
+    schedule = learning_rate_schedule(
+        config.lr_schedule, config.learning_rate, total_steps=total_steps,
+        decay_steps=config.lr_decay_steps,
+        final_fraction=config.lr_final_fraction,
+        boundaries=config.lr_boundaries, decay_factor=config.lr_decay_factor)
+    model.compile(optimizer=tf.keras.optimizers.Adam(schedule),
+                  distortion=distortion, lmbda=config.lmbda,
+                  quantization_proxy=config.quantization_proxy)
+  logging.info("Model %s %s; distortion %s; lambda %g.", config.arch,
+               model.get_config(), distortion.name, config.lmbda)
+
+  resumed = backup_state(backup_dir)
+  if resumed:
+    epoch, step = resumed
+    logging.info("Resuming from the backup in %s (epoch %d, after step %d).",
+                 backup_dir, epoch + 1, step + 1)
+  progress = RunProgress()
+  callbacks = [
+      TerminateOnNonFinite(backup_dir),  # Before the backup: see its doc.
+      tf.keras.callbacks.BackupAndRestore(
+          backup_dir, save_freq=config.checkpoint_every or "epoch"),
+      tf.keras.callbacks.TensorBoard(
+          log_dir, update_freq=config.log_every or "epoch", write_graph=False,
+          profile_batch=0),
+      progress,
+  ]
+  shown = _image_crops(val_images, config.val_image_size, config.val_images)
+  if shown and chief:
+    callbacks.append(ValidationImages(
+        shown, os.path.join(log_dir, "val_images"), lpips=_lpips_metric(config)))
+
+  model.fit(tf.keras.utils.experimental.DatasetCreator(dataset_fn),
+            epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+            validation_data=validation, validation_steps=validation_steps,
+            callbacks=callbacks, verbose=config.verbose)
+
+  # Every worker saves (reading the weights is local); only the chief keeps it.
+  target = model_dir if chief else tempfile.mkdtemp(prefix="dpc-train-worker-")
+  try:
+    fingerprint = saving.save_model(model, target, overwrite=True)
+  finally:
+    if not chief:
+      shutil.rmtree(target, ignore_errors=True)
+  optimizer_steps = int(model.optimizer.iterations.numpy())
+  logging.info("Final model fingerprint %s after %d optimizer steps.",
+               fingerprint, optimizer_steps)
+  summary = dict(
+      architecture=model.architecture, config=model.get_config(),
+      fingerprint=fingerprint, chief=chief, replicas=replicas,
+      optimizer_steps=optimizer_steps, steps_this_run=progress.steps_run,
+      started_at=dict(epoch=progress.first_epoch, step=progress.first_step),
+      resumed=resumed is not None, final_logs=progress.last_logs,
+      training_files=file_summary, validation_skipped=val_skipped,
+      pipeline=counter.result(), seconds=round(time.time() - start, 1))
+  skipped = summary["pipeline"]["images_too_small"]
+  logging.info("Data: %s%d images read by the pipeline, %d dropped as smaller "
+               "than the patch.",
+               (f"{file_summary['unreadable']} unreadable and "
+                f"{file_summary['too_small']} too small files skipped; "
+                if file_summary else ""),
+               summary["pipeline"]["images_read"], skipped)
+  if chief:
+    with open(os.path.join(output_dir, "run_summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, sort_keys=True)
+    logging.info("Saved the model in %s.", model_dir)
+  return summary

@@ -1,0 +1,144 @@
+"""The .dpc container and Codec: colour modes, corruption, wrong models, processes."""
+
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+import dpc_tf
+from dpc_tf import container
+
+
+@pytest.fixture(scope="module")
+def codec(tiny_models):
+  return dpc_tf.Codec(tiny_models["hyperprior"])
+
+
+@pytest.fixture(scope="module")
+def encoded(codec):
+  from skimage import data
+  image = np.ascontiguousarray(data.coffee()[:40, :56])
+  return image, codec.encode(image)
+
+
+def test_gray_and_alpha_are_documented_and_kept(codec):
+  rng = np.random.default_rng(0)
+  gray = rng.integers(0, 256, (20, 30, 1), dtype=np.uint8)
+  out = codec.decode(codec.encode(gray))
+  assert out.shape == (20, 30, 1)
+  rgba = rng.integers(0, 256, (20, 30, 4), dtype=np.uint8)
+  out = codec.decode(codec.encode(rgba))
+  assert out.shape == (20, 30, 4)
+  np.testing.assert_array_equal(out[..., 3], rgba[..., 3])  # Alpha is lossless.
+  gray_alpha = rng.integers(0, 256, (9, 7, 2), dtype=np.uint8)
+  out = codec.decode(codec.encode(gray_alpha))
+  assert out.shape == (9, 7, 2)
+  np.testing.assert_array_equal(out[..., 1], gray_alpha[..., 1])
+  # A 2-D array is a gray image too.
+  assert codec.decode(codec.encode(gray[..., 0])).shape == (20, 30, 1)
+
+
+@pytest.mark.parametrize("image, match", [
+    (np.zeros((4, 4, 3), np.uint16), "uint8"),
+    (np.zeros((4, 4, 3), np.float32), "uint8"),
+    (np.zeros((4, 4, 5), np.uint8), "1-4 channels"),
+    (np.zeros((0, 4, 3), np.uint8), "empty"),
+])
+def test_unsupported_images_are_clear_errors(codec, image, match):
+  with pytest.raises(dpc_tf.ImageError, match=match):
+    codec.encode(image)
+
+
+def test_header_describes_the_image_and_model(codec, encoded):
+  image, data = encoded
+  stream = container.unpack(data)
+  assert (stream.header.height, stream.header.width, stream.header.channels) == (40, 56, 3)
+  assert stream.header.architecture == "hyperprior"
+  assert stream.header.fingerprint == codec.fingerprint
+  assert len(stream.strings) == 2
+  # The container costs little beyond the entropy-coded strings.
+  assert len(data) - sum(map(len, stream.strings)) < 50
+
+
+@pytest.mark.parametrize("cut", [0, 3, 5, 12, 30, -5, -1])
+def test_truncated_streams_are_detected(codec, encoded, cut):
+  _, data = encoded
+  with pytest.raises(container.BitstreamError):
+    codec.decode(data[:cut])
+
+
+def test_every_single_bit_flip_is_detected(codec, encoded):
+  _, data = encoded
+  for position in range(len(data)):
+    for bit in (0, 5):
+      damaged = bytearray(data)
+      damaged[position] ^= 1 << bit
+      with pytest.raises(container.BitstreamError):
+        codec.decode(bytes(damaged))
+
+
+def test_foreign_files_and_versions(codec, encoded):
+  _, data = encoded
+  with pytest.raises(container.BitstreamError, match="magic"):
+    codec.decode(b"\x89PNG\r\n\x1a\n" + data[8:])
+  with pytest.raises(container.BitstreamError, match="magic"):
+    codec.decode(b"")
+  newer = bytearray(data)
+  newer[4] = 2
+  with pytest.raises(container.BitstreamError, match="version 2"):
+    codec.decode(bytes(newer))
+
+
+def test_stream_from_another_model_is_refused(tiny_models, encoded):
+  _, data = encoded
+  with pytest.raises(container.ModelMismatchError, match="made by model hyperprior/"):
+    dpc_tf.Codec(tiny_models["mean_scale_hyperprior"]).decode(data)
+  # Same architecture and config, different weights: also refused.
+  other = dpc_tf.create_model("hyperprior", num_filters=8)
+  other.update()
+  with pytest.raises(container.ModelMismatchError):
+    dpc_tf.Codec(other).decode(data)
+
+
+def test_valid_crc_over_garbage_strings_is_an_error_not_a_crash(codec, encoded):
+  """A forged stream with a correct checksum must fail cleanly or decode."""
+  image, data = encoded
+  stream = container.unpack(data)
+  forged = container.Bitstream(stream.header, (b"\xff" * 3, b"\x00" * 2))
+  try:
+    out = codec.decode(container.pack(forged))
+  except container.BitstreamError:
+    return
+  assert out.shape == image.shape
+
+
+def test_decoding_in_another_process_is_bit_exact(saved_models, tmp_path):
+  codec = dpc_tf.load_codec(saved_models["joint"])
+  from skimage import data
+  image = np.ascontiguousarray(data.chelsea()[:50, :70])
+  stream = codec.encode(image)
+  (tmp_path / "in.dpc").write_bytes(stream)
+  script = (
+      "import sys, numpy as np, dpc_tf\n"
+      "codec = dpc_tf.load_codec(sys.argv[1])\n"
+      "data = open(sys.argv[2], 'rb').read()\n"
+      "np.save(sys.argv[3], codec.decode(data))\n"
+      "open(sys.argv[4], 'wb').write(codec.encode(np.load(sys.argv[5])))\n")
+  np.save(tmp_path / "image.npy", image)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  subprocess.run([sys.executable, "-c", script, str(saved_models["joint"]),
+                  str(tmp_path / "in.dpc"), str(tmp_path / "out.npy"),
+                  str(tmp_path / "again.dpc"), str(tmp_path / "image.npy")],
+                 check=True, env=env, timeout=300)
+  np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), codec.decode(stream))
+  assert (tmp_path / "again.dpc").read_bytes() == stream
+
+
+def test_varint_lengths_round_trip():
+  header = container.Header("x", b"abcd", b"01234567", 3, 4, 4)
+  strings = (b"", b"a" * 127, b"b" * 128, b"c" * 70000)
+  stream = container.Bitstream(header, strings, zlib.compress(b"\x00" * 12))
+  assert container.unpack(container.pack(stream)) == stream
