@@ -1,0 +1,57 @@
+"""Reading images: modes we take, and clear errors for the others."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dpc_tf import images
+
+
+@pytest.mark.parametrize("mode, channels", [
+    ("RGB", 3), ("RGBA", 4), ("L", 1), ("LA", 2), ("1", 1), ("CMYK", 3)])
+def test_modes_read_as_8_bit(tmp_path, mode, channels):
+  path = tmp_path / "x.png" if mode != "CMYK" else tmp_path / "x.jpg"
+  Image.new(mode, (7, 5)).save(path)
+  image = images.read_image(path)
+  assert image.shape == (5, 7, channels) and image.dtype == np.uint8
+
+
+def test_palette_keeps_transparency(tmp_path):
+  im = Image.new("P", (4, 4))
+  im.info["transparency"] = 0
+  im.save(tmp_path / "p.png", transparency=0)
+  assert images.read_image(tmp_path / "p.png").shape == (4, 4, 4)
+  Image.new("P", (4, 4)).save(tmp_path / "q.png")
+  assert images.read_image(tmp_path / "q.png").shape == (4, 4, 3)
+
+
+@pytest.mark.parametrize("mode, match", [("I;16", "16-bit"), ("F", "floating")])
+def test_deep_images_are_refused(tmp_path, mode, match):
+  path = tmp_path / "deep.tif"
+  Image.new(mode, (4, 4)).save(path)
+  with pytest.raises(images.ImageError, match=match):
+    images.read_image(path)
+
+
+def test_missing_and_broken_files(tmp_path):
+  with pytest.raises(images.ImageError, match="no such file"):
+    images.read_image(tmp_path / "nope.png")
+  (tmp_path / "half.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 10)
+  with pytest.raises(images.ImageError, match="not a readable image"):
+    images.read_image(tmp_path / "half.png")
+
+
+def test_writes_are_atomic_and_never_overwrite_silently(tmp_path):
+  path = tmp_path / "out.png"
+  images.write_image(path, np.zeros((3, 3, 3), np.uint8))
+  with pytest.raises(FileExistsError):
+    images.write_image(path, np.ones((3, 3, 3), np.uint8))
+
+  def crash(f):
+    f.write(b"partial")
+    raise RuntimeError("disk full")
+
+  with pytest.raises(RuntimeError):
+    images.write_atomic(tmp_path / "other.bin", crash)
+  assert not (tmp_path / "other.bin").exists()
+  assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
