@@ -26,6 +26,12 @@ def read_image(path):
   from PIL import Image, ImageOps, UnidentifiedImageError
   try:
     with Image.open(path) as im:
+      # Pillow opens 16-bit RGB(A) PNGs as 8-bit modes and drops the low
+      # bytes; only the decoder's raw mode ("RGB;16B") tells.
+      if any(";16" in str(tile.args) for tile in (im.tile or [])):
+        raise ImageError(
+            f"{path}: 16-bit images are not supported; convert to 8-bit first "
+            "(e.g. with ImageMagick: convert in.png -depth 8 out.png).")
       im = ImageOps.exif_transpose(im)
       mode = im.mode
       if mode not in _CONVERT:

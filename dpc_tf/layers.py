@@ -10,18 +10,39 @@ models do: a standalone `tfc.GDN` layer breaks SavedModel export in tfc 2.14
 (`OperatorNotAllowedInGraphError` while Keras traces it).
 """
 
+import contextlib
+import threading
+
 import tensorflow as tf
 import tensorflow_compression as tfc
 
 _PACKAGE = "dpc_tf"
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def weights_to_be_restored():
+  """Builds layers with zero kernels, for weights a checkpoint will overwrite.
+
+  Drawing random kernels is most of the time it takes to build a large model
+  (seconds); loading a saved one needs none of it.
+  """
+  _state.skip_init = True
+  try:
+    yield
+  finally:
+    _state.skip_init = False
 
 
 def _conv(filters, kernel, *, down=1, up=1, activation=None, use_bias=True,
           name=None, kernel_parameter="rdft"):
+  extra = {}
+  if getattr(_state, "skip_init", False):
+    extra["kernel_initializer"] = "zeros"
   return tfc.SignalConv2D(
       filters, (kernel, kernel), name=name, corr=up == 1, strides_down=down,
       strides_up=up, padding="same_zeros", use_bias=use_bias,
-      kernel_parameter=kernel_parameter, activation=activation)
+      kernel_parameter=kernel_parameter, activation=activation, **extra)
 
 
 class _Stack(tf.keras.layers.Layer):
@@ -30,6 +51,17 @@ class _Stack(tf.keras.layers.Layer):
   def __init__(self, name=None, **kwargs):
     super().__init__(name=name, **kwargs)
     self._stack = []
+
+  def build(self, input_shape):
+    # From shapes alone, without running the layers: building a large model
+    # by a forward pass costs seconds of eager ops at every `dpc` start.
+    shape = tf.TensorShape(input_shape)
+    for layer in self._stack:
+      layer.build(shape)
+      shape = shape[:-1].concatenate([layer.filters])
+      if isinstance(layer.activation, tf.keras.layers.Layer):
+        layer.activation.build(shape)  # GDN: SignalConv2D leaves it to call().
+    super().build(input_shape)
 
   def call(self, x):
     for layer in self._stack:

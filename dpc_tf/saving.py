@@ -21,6 +21,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from dpc_tf import layers
 from dpc_tf.models import registry
 
 MODEL_FILE = "model.json"
@@ -56,7 +57,8 @@ def fingerprint(model):
 
 def _deployment_copy(model):
   """A fresh model with the same weights and tables but no optimizer state."""
-  copy = registry.create_model(model.architecture, **model.get_config())
+  with layers.weights_to_be_restored():
+    copy = registry.create_model(model.architecture, **model.get_config())
   copy.restore_frozen(model.frozen_config())
   targets, sources = copy.codec_variables(), model.codec_variables()
   if len(targets) != len(sources):
@@ -131,7 +133,8 @@ def load_model(directory):
   """Loads a model saved by `save_model`, ready to compress (tables frozen)."""
   directory = os.fspath(directory)
   meta = read_model_info(directory)
-  model = registry.create_model(meta["architecture"], **meta["config"])
+  with layers.weights_to_be_restored():
+    model = registry.create_model(meta["architecture"], **meta["config"])
   model.restore_frozen(meta["frozen"])
   prefix = os.path.join(directory, WEIGHTS_PREFIX)
   if not tf.io.gfile.exists(prefix + ".index"):

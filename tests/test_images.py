@@ -33,6 +33,23 @@ def test_deep_images_are_refused(tmp_path, mode, match):
     images.read_image(path)
 
 
+def test_16_bit_rgb_png_is_refused_not_truncated(tmp_path):
+  import struct
+  import zlib
+
+  def chunk(kind, data):
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data)))
+
+  # A 2x2 16-bit RGB PNG, written by hand: Pillow cannot write one.
+  rows = b"".join(b"\0" + b"\x12\x34" * 6 for _ in range(2))
+  png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 16, 2, 0, 0, 0))
+         + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+  (tmp_path / "deep.png").write_bytes(png)
+  with pytest.raises(images.ImageError, match="16-bit"):
+    images.read_image(tmp_path / "deep.png")
+
+
 def test_missing_and_broken_files(tmp_path):
   with pytest.raises(images.ImageError, match="no such file"):
     images.read_image(tmp_path / "nope.png")

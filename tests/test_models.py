@@ -58,6 +58,14 @@ def test_graph_functions_match_eager_methods(tiny_models, photo, arch):
       fns["decompress"](graph["image_shape"], *strings).numpy())
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_models_are_fully_built_without_a_forward_pass(arch):
+  model = dpc_tf.create_model(arch, **TINY_HPARAMS[arch])
+  before = [v.shape for v in model.variables]
+  model(tf.zeros((1, 64, 64, 3)))
+  assert [v.shape for v in model.variables] == before
+
+
 def test_compress_before_update_is_a_clear_error():
   model = dpc_tf.create_model("factorized", num_filters=4)
   with pytest.raises(RuntimeError, match="update"):

@@ -45,10 +45,18 @@ class CompressionModel(tf.keras.Model):
     self._frozen = None
 
   def _build_weights(self):
-    # One eager call on a tiny image creates every variable; Keras' symbolic
-    # `build()` does the same but takes seconds longer, which `dpc` would pay
-    # at each start.
-    self(tf.zeros((1, self.stride, self.stride, 3)), training=False)
+    """Creates every variable from known channel counts, without a forward pass.
+
+    Keras' `build()` and a forward pass on a dummy image both cost seconds for
+    a large model, which `dpc` would pay at each start.
+    """
+    for layer, channels in self._layer_input_channels():
+      layer.build(tf.TensorShape([None, None, None, channels]))
+    self.built = True
+
+  def _layer_input_channels(self):
+    """[(layer, input channels)] for every transform of the model."""
+    raise NotImplementedError
 
   # -- Configuration ---------------------------------------------------------
 

@@ -33,6 +33,10 @@ class FactorizedCodec(CompressionModel):
     return dict(super().get_config(), num_filters=self.num_filters,
                 latent_depth=self.latent_depth)
 
+  def _layer_input_channels(self):
+    return [(self.analysis_transform, 3),
+            (self.synthesis_transform, self.latent_depth)]
+
   @property
   def string_names(self):
     return ("y",)

@@ -49,6 +49,12 @@ class HyperpriorCodec(CompressionModel):
                 latent_depth=self.latent_depth,
                 hyperprior_depth=self.hyperprior_depth)
 
+  def _layer_input_channels(self):
+    return [(self.analysis_transform, 3),
+            (self.synthesis_transform, self.latent_depth),
+            (self.hyper_analysis_transform, self.latent_depth),
+            (self.hyper_synthesis_transform, self.hyperprior_depth)]
+
   @property
   def string_names(self):
     return ("z", "y")

@@ -69,6 +69,21 @@ class ChannelwiseContextCodec(CompressionModel):
                 num_slices=self.num_slices,
                 max_support_slices=self.max_support_slices)
 
+  def _layer_input_channels(self):
+    slice_depth = self.latent_depth // self.num_slices
+    channels = [(self.analysis_transform, 3),
+                (self.synthesis_transform, self.latent_depth),
+                (self.hyper_analysis_transform, self.latent_depth),
+                (self.hyper_synthesis_mean, self.hyperprior_depth),
+                (self.hyper_synthesis_scale, self.hyperprior_depth)]
+    for i in range(self.num_slices):
+      support = i if self.max_support_slices < 0 else min(i, self.max_support_slices)
+      depth = self.latent_depth + support * slice_depth
+      channels += [(self.mean_transforms[i], depth),
+                   (self.scale_transforms[i], depth),
+                   (self.lrp_transforms[i], depth + slice_depth)]
+    return channels
+
   @property
   def string_names(self):
     return ("z",) + tuple(f"y{i}" for i in range(self.num_slices))
