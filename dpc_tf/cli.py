@@ -13,7 +13,6 @@ other files still processed; the exit code is 1 if any file failed.
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 import time
@@ -232,8 +231,6 @@ def build_parser():
   p.set_defaults(run=_run_models)
 
   for verb, (module, help_text) in _PLUGIN_VERBS.items():
-    if importlib.util.find_spec(module) is None:  # TODO(lead): remove once all verbs land.
-      continue
     plugin = importlib.import_module(module)
     p = sub.add_parser(verb, help=help_text, description=plugin.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

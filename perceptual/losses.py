@@ -10,9 +10,12 @@ Build one by name with `get_distortion("msssim")`; a user's own loss is any
 `Distortion` subclass (or a Keras loss returning per-image values).
 """
 
+import os
+
 import tensorflow as tf
 
-from perceptual import msssim as msssim_lib
+from perceptual.lpips import LPIPS, assert_unit_range
+from perceptual.msssim import msssim
 
 _REGISTRY = {}
 
@@ -72,7 +75,16 @@ class Distortion(tf.keras.losses.Loss):
 
   def components(self, x, x_hat):
     """The named terms of the loss, each of shape [batch]."""
-    return {self.name: self.call(x, x_hat)}
+    return self.terms(x, x_hat)[1]
+
+  def terms(self, x, x_hat):
+    """Returns (total, components) in one pass, both per image.
+
+    Training calls this, so a loss made of several terms (such as DPC's LPIPS
+    and MS-SSIM) should override it to compute each term once.
+    """
+    total = self.call(x, x_hat)
+    return total, {self.name: total}
 
 
 @register_distortion("mse")
@@ -92,7 +104,84 @@ class MSSSIM(Distortion):
   def call(self, x, x_hat):
     x = check_images(x, "x")
     x_hat = check_images(x_hat, "x_hat")
-    return 1.0 - msssim_lib.msssim(x, x_hat)
+    return 1.0 - msssim(x, x_hat)
+
+
+@register_distortion("lpips")
+class LPIPSLoss(Distortion):
+  """LPIPS v0.1 distance per image (see `perceptual.LPIPS`).
+
+  The target `x` must be in [0, 1] (checked at run time); the reconstruction
+  `x_hat` is not checked, because a decoder's output is not clipped during
+  training (clipping would cut its gradients) and may leave [0, 1] a little.
+
+  Args:
+    trunk: "alex", "vgg" or "squeeze".
+    weights_path: LPIPS weights file (or its directory); default
+      $DPC_LPIPS_WEIGHTS. See docs/lpips.md.
+  """
+
+  def __init__(self, trunk="alex", weights_path=None, name=None, **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.trunk = trunk
+    self.weights_path = None if weights_path is None else os.fspath(weights_path)
+    # Weights are created eagerly even if the loss is built in a tf.function.
+    with tf.init_scope():
+      self.metric = LPIPS(trunk, weights_path=weights_path, check_range=False)
+
+  def call(self, x, x_hat):
+    x = assert_unit_range(tf.cast(check_images(x, "x"), tf.float32), "x")
+    x_hat = check_images(x_hat, "x_hat")
+    return self.metric(x, x_hat)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(trunk=self.trunk, weights_path=self.weights_path)
+    return config
+
+
+@register_distortion("dpc")
+class DPCLoss(Distortion):
+  """Deep Perceptual Compression's distortion: α·LPIPS + (1 − α)·(1 − MS-SSIM).
+
+  Patel et al. (2019) train on a perceptual metric and MS-SSIM together:
+  LPIPS alone leaves checkerboard artefacts, and the MS-SSIM term keeps the
+  structure. `components()` returns the unweighted terms, "lpips" and
+  "msssim" (the latter is 1 − MS-SSIM), so training logs both.
+
+  Args:
+    alpha: weight of LPIPS, in [0, 1]; MS-SSIM gets 1 − alpha. The default
+      0.5 weighs them equally; tune it per experiment.
+    trunk: LPIPS trunk, "alex", "vgg" or "squeeze".
+    weights_path: LPIPS weights file (or its directory); default
+      $DPC_LPIPS_WEIGHTS.
+  """
+
+  def __init__(self, alpha=0.5, trunk="alex", weights_path=None, name=None,
+               **kwargs):
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+      raise ValueError(f"DPC's alpha weighs LPIPS against 1 - MS-SSIM and "
+                       f"must be in [0, 1]; got {alpha}.")
+    super().__init__(name=name, **kwargs)
+    self.alpha = alpha
+    self.lpips = LPIPSLoss(trunk=trunk, weights_path=weights_path)
+    self.msssim = MSSSIM()
+
+  def terms(self, x, x_hat):
+    lpips_term = self.lpips.call(x, x_hat)
+    msssim_term = self.msssim.call(x, x_hat)
+    total = self.alpha * lpips_term + (1.0 - self.alpha) * msssim_term
+    return total, {"lpips": lpips_term, "msssim": msssim_term}
+
+  def call(self, x, x_hat):
+    return self.terms(x, x_hat)[0]
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(alpha=self.alpha, trunk=self.lpips.trunk,
+                  weights_path=self.lpips.weights_path)
+    return config
 
 
 def mse(x, x_hat):

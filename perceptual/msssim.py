@@ -55,8 +55,37 @@ def msssim(x, y):
         "MS-SSIM needs a static image size to choose its scales; got "
         f"shape {x.shape}. Crop or resize to a fixed size first.")
   power_factors, filter_size = msssim_config(height, width)
-  return tf.image.ssim_multiscale(
-      x, y, max_val=1.0, power_factors=power_factors, filter_size=filter_size)
+  return _ssim_multiscale(x, y, power_factors, filter_size)
+
+
+def _zero_nonfinite(gradient):
+  return tf.where(tf.math.is_finite(gradient), gradient, tf.zeros_like(gradient))
+
+
+def _ssim_multiscale(x, y, power_factors, filter_size):
+  """`tf.image.ssim_multiscale` with gradients that stay finite.
+
+  It clamps each scale's term at 0 (ReLU) and raises it to a power below 1,
+  so where a term is 0 -- early in training, when the reconstruction looks
+  nothing like the image -- the gradient is inf * 0 = NaN, and one such image
+  turns the whole model into NaN. The true gradient there is 0 (the clamped
+  term is flat), which is what this returns. Values are unchanged.
+  """
+
+  @tf.custom_gradient
+  def value_and_gradient(x, y):
+    with tf.GradientTape() as tape:
+      tape.watch([x, y])
+      value = tf.image.ssim_multiscale(
+          x, y, max_val=1.0, power_factors=power_factors, filter_size=filter_size)
+
+    def gradient(upstream):
+      gx, gy = tape.gradient(value, [x, y], output_gradients=upstream)
+      return _zero_nonfinite(gx), _zero_nonfinite(gy)
+
+    return value, gradient
+
+  return value_and_gradient(x, y)
 
 
 def msssim_db(value):

@@ -132,7 +132,7 @@ def run(args):
   if args.list_codecs:
     list_codecs()
     return 0
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   try:
     if not args.images:
       raise ValueError("Give the images to evaluate (files, directories or glob patterns).")

@@ -38,7 +38,9 @@ class Codec:
 
   def __init__(self, name, settings=None):
     self.name = name
-    self.settings = list(self.default_settings if settings is None else settings)
+    settings = self.default_settings if settings is None else settings
+    # One entry per distinct setting (as identified in points.csv).
+    self.settings = list({self.setting_key(s): s for s in settings}.values())
     if not self.settings:
       raise ValueError(f"Codec {self.name!r} needs at least one setting.")
 

@@ -283,7 +283,10 @@ def describe_images(paths, sizes):
   """A short description of an image set: common folder and sizes."""
   if not paths:
     return "no images"
-  folder = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+  try:  # As given (relative paths stay relative in committed results).
+    folder = os.path.commonpath([os.path.dirname(p) or "." for p in paths])
+  except ValueError:  # A mix of absolute and relative paths.
+    folder = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
   counts = {}
   for height, width in sizes:
     counts[f"{width}x{height}"] = counts.get(f"{width}x{height}", 0) + 1

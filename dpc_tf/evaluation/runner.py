@@ -283,9 +283,13 @@ def evaluate(images, codecs, out_dir, metrics=None, anchor=None, bd_method="akim
 
 
 def _versions(library_versions):
+  from importlib import metadata
   versions = library_versions()
-  if "tensorflow" in sys.modules:  # Imported for the metrics or models.
-    versions["tensorflow"] = sys.modules["tensorflow"].__version__
+  for package in ("tensorflow", "tensorflow-compression"):  # Metrics and models.
+    try:
+      versions[package] = metadata.version(package)
+    except metadata.PackageNotFoundError:
+      versions[package] = None
   try:
     import dpc_tf
     versions["dpc_tf"] = getattr(dpc_tf, "__version__", None)

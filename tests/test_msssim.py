@@ -1,0 +1,130 @@
+"""perceptual.msssim: MS-SSIM that matches TensorFlow's at full size and also
+works on the small crops codecs train on."""
+
+import importlib
+
+import numpy as np
+import pytest
+import skimage.data
+import tensorflow as tf
+
+import perceptual
+
+# `perceptual.msssim` is the function; the module of the same name holds the
+# scale choice (msssim_config) and the published weights.
+msssim_lib = importlib.import_module("perceptual.msssim")
+
+
+def photo_pair(size, noise=0.05, seed=0):
+  """A crop of a real photo and a noisy copy, as float32 NHWC batches of one."""
+  height, width = size if isinstance(size, tuple) else (size, size)
+  image = skimage.data.astronaut()[100:100 + height, 150:150 + width]
+  x = image.astype(np.float32)[None] / 255.0
+  rng = np.random.default_rng(seed)
+  y = np.clip(x + rng.normal(0.0, noise, x.shape), 0.0, 1.0).astype(np.float32)
+  return x, y
+
+
+@pytest.mark.parametrize("size", [161, (176, 200)])
+def test_equals_tf_ssim_multiscale_from_161_px(size):
+  x, y = photo_pair(size)
+  expected = tf.image.ssim_multiscale(x, y, max_val=1.0)
+  np.testing.assert_allclose(perceptual.msssim(x, y), expected, rtol=1e-6)
+
+
+def test_tf_ssim_multiscale_itself_rejects_160_px():
+  # The reason perceptual.msssim exists: TF's five scales need >= 161 px.
+  x, y = photo_pair(160)
+  with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
+    tf.image.ssim_multiscale(x, y, max_val=1.0)
+
+
+@pytest.mark.parametrize("side, scales, filter_size", [
+    (1, 1, 1), (5, 1, 5), (10, 1, 9), (11, 1, 11), (20, 1, 11), (21, 2, 11),
+    (40, 2, 11), (41, 3, 11), (64, 3, 11), (80, 3, 11), (81, 4, 11),
+    (128, 4, 11), (160, 4, 11), (161, 5, 11), (512, 5, 11)])
+def test_scales_and_filter_size_follow_the_smaller_side(side, scales, filter_size):
+  weights, size = msssim_lib.msssim_config(side, 1000)
+  assert (len(weights), size) == (scales, filter_size)
+  assert msssim_lib.msssim_config(1000, side) == (weights, size)
+
+
+@pytest.mark.parametrize("side", [21, 41, 81, 160])
+def test_fewer_scales_use_the_standard_weights_renormalised(side):
+  weights, _ = msssim_lib.msssim_config(side, side)
+  assert sum(weights) == pytest.approx(1.0)
+  prefix = np.array(msssim_lib.POWER_FACTORS[:len(weights)])
+  np.testing.assert_allclose(weights, prefix / prefix.sum(), rtol=1e-12)
+
+
+def test_full_size_uses_the_published_weights_unchanged():
+  assert msssim_lib.msssim_config(161, 161) == (msssim_lib.POWER_FACTORS, 11)
+
+
+@pytest.mark.parametrize("size", [1, 5, 16, 64, (48, 100), 160])
+def test_small_images_give_one_for_identical_and_less_for_noisy(size):
+  x, y = photo_pair(size, noise=0.1)
+  same = perceptual.msssim(x, x).numpy()
+  noisy = perceptual.msssim(x, y).numpy()
+  assert same.shape == noisy.shape == (1,)
+  np.testing.assert_allclose(same, 1.0, rtol=1e-5)
+  assert np.isfinite(noisy).all() and noisy[0] < 0.999
+
+
+@pytest.mark.parametrize("size", [5, 64])
+def test_more_noise_scores_lower(size):
+  scores = []
+  for noise in (0.02, 0.08, 0.2):
+    x, y = photo_pair(size, noise=noise)
+    scores.append(float(perceptual.msssim(x, y)[0]))
+  assert scores[0] > scores[1] > scores[2]
+
+
+def test_one_value_per_image_independent_of_the_batch():
+  x1, y1 = photo_pair(64, noise=0.03, seed=1)
+  x2, y2 = photo_pair(64, noise=0.2, seed=2)
+  batch = perceptual.msssim(np.concatenate([x1, x2]), np.concatenate([y1, y2]))
+  assert batch.shape == (2,)
+  np.testing.assert_allclose(
+      batch, [perceptual.msssim(x1, y1)[0], perceptual.msssim(x2, y2)[0]],
+      rtol=1e-6)
+
+
+def test_works_in_a_tf_function_with_static_size_and_rejects_dynamic():
+  x, y = photo_pair(64)
+  traced = tf.function(perceptual.msssim)
+  np.testing.assert_allclose(traced(x, y), perceptual.msssim(x, y), rtol=1e-5)
+  dynamic = tf.function(
+      perceptual.msssim,
+      input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)] * 2)
+  with pytest.raises(ValueError, match="static image size"):
+    dynamic.get_concrete_function()
+
+
+def test_msssim_db():
+  np.testing.assert_allclose(
+      perceptual.msssim_db([0.9, 0.99, 0.999]), [10.0, 20.0, 30.0], rtol=1e-4)
+
+
+def test_msssim_distortion_is_one_minus_msssim_per_image():
+  x, y = photo_pair(32, noise=0.1)
+  loss = perceptual.get_distortion("msssim")
+  values = loss(np.concatenate([x, x]), np.concatenate([y, x]))
+  assert values.shape == (2,)
+  np.testing.assert_allclose(values, [1.0 - perceptual.msssim(x, y)[0], 0.0],
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["msssim", "mse"])
+def test_distortions_reject_unbatched_images(name):
+  x, y = photo_pair(16)
+  with pytest.raises(ValueError, match=r"rank 4.*x\[None\]"):
+    perceptual.get_distortion(name)(x[0], y[0])
+
+
+@pytest.mark.parametrize("name", ["msssim", "mse"])
+def test_distortions_reject_uint8_images(name):
+  x, _ = photo_pair(16)
+  x_uint8 = (x * 255).astype(np.uint8)
+  with pytest.raises(ValueError, match="divide uint8 images by 255"):
+    perceptual.get_distortion(name)(x_uint8, x_uint8)
