@@ -356,8 +356,14 @@ class CompressionModel(tf.keras.Model):
     """Padded [1, H, W, 3] -> quantised latents (what the synthesis decodes)."""
     raise NotImplementedError
 
-  def _reconstruction(self, em, y, y_tilde, **kwargs):
-    """What the synthesis sees in training, per `quantization_proxy`."""
-    if self.quantization_proxy == "noise":
-      return y_tilde
-    return em.quantize(y, **kwargs)
+  def _bottleneck(self, em, value, *indexes, training, loc=None):
+    """(what the synthesis sees, bits) for one entropy-coded tensor.
+
+    The rate always comes from additive uniform noise; in training the
+    synthesis sees the `quantization_proxy`, otherwise the rounded value.
+    """
+    extra = {} if loc is None else {"loc": loc}
+    value_tilde, bits = em(value, *indexes, training=training, **extra)
+    if not training or self.quantization_proxy == "noise":
+      return value_tilde, bits
+    return em.quantize(value, **extra), bits

@@ -47,8 +47,7 @@ class FactorizedCodec(CompressionModel):
   def _forward(self, x, training):
     em = self._batched_entropy_model(self.prior)
     y = self.analysis_transform(x)
-    y_tilde, bits = em(y, training=training)
-    y_hat = self._reconstruction(em, y, y_tilde) if training else y_tilde
+    y_hat, bits = self._bottleneck(em, y, training=training)
     return self.synthesis_transform(y_hat), bits
 
   def _compress(self, x):

@@ -82,12 +82,10 @@ class HyperpriorCodec(CompressionModel):
     em_y = self._indexed_entropy_model()
     y = self.analysis_transform(x)
     z = self.hyper_analysis_transform(y)
-    z_tilde, z_bits = em_z(z, training=training)
-    z_hat = self._reconstruction(em_z, z, z_tilde) if training else z_tilde
+    z_hat, z_bits = self._bottleneck(em_z, z, training=training)
     indexes, means = self._entropy_parameters(z_hat, tf.shape(y)[1:3])
-    y_tilde, y_bits = em_y(y, indexes, loc=means, training=training)
-    y_hat = (self._reconstruction(em_y, y, y_tilde, loc=means)
-             if training else y_tilde)
+    y_hat, y_bits = self._bottleneck(em_y, y, indexes, loc=means,
+                                     training=training)
     return self.synthesis_transform(y_hat), y_bits + z_bits
 
   def _compress(self, x):

@@ -121,18 +121,15 @@ class ChannelwiseContextCodec(CompressionModel):
     em_y = self._indexed_entropy_model()
     y = self.analysis_transform(x)
     z = self.hyper_analysis_transform(y)
-    z_tilde, z_bits = em_z(z, training=training)
-    z_hat = self._reconstruction(em_z, z, z_tilde) if training else z_tilde
+    z_hat, z_bits = self._bottleneck(em_z, z, training=training)
     y_slices = tf.split(y, self.num_slices, axis=-1)
     bits = [z_bits]
 
     def code_slice(i, scale_indexes, means):
-      y_tilde, slice_bits = em_y(y_slices[i], scale_indexes, loc=means,
-                                 training=training)
+      y_hat, slice_bits = self._bottleneck(em_y, y_slices[i], scale_indexes,
+                                           loc=means, training=training)
       bits.append(slice_bits)
-      if not training:
-        return y_tilde
-      return self._reconstruction(em_y, y_slices[i], y_tilde, loc=means)
+      return y_hat
 
     y_hat = self._slices(z_hat, tf.shape(y)[1:3], code_slice)
     return self.synthesis_transform(y_hat), tf.add_n(bits)
