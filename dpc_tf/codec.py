@@ -94,5 +94,10 @@ class Codec:
 
 
 def load_codec(path):
-  """A `Codec` for a model directory saved by `dpc_tf.save_model`."""
+  """A `Codec` for a model directory saved by `dpc_tf.save_model`, or for a
+  SavedModel exported by `dpc-export` (`<base>/<name>/<version>`, or
+  `<base>/<name>` for its highest version)."""
+  from dpc_tf import serving  # pylint: disable=import-outside-toplevel
+  if serving.is_saved_model(path):
+    return serving.SavedModelCodec.load(path)
   return Codec.load(path)

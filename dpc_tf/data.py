@@ -374,6 +374,33 @@ def crops_dataset_fn(source, patch_size, global_batch_size, counter=None,
   return dataset_fn
 
 
+# -- Sample photos -------------------------------------------------------------
+
+SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")
+
+
+def write_sample_photos(folder, names=SAMPLE_PHOTOS):
+  """Writes photos bundled with scikit-image as PNG files; returns their paths.
+
+  A small real training set for demos, tests and benchmarks (no download):
+  `--train_glob=<folder>` then trains on them.
+  """
+  try:
+    import skimage.data  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise DataError("Sample photos come from scikit-image: pip install "
+                    "scikit-image (pip install -c requirements/constraints.txt "
+                    "-e '.[test]').") from None
+  from dpc_tf import images as image_io  # pylint: disable=import-outside-toplevel
+  os.makedirs(folder, exist_ok=True)
+  paths = []
+  for name in names:
+    path = os.path.join(folder, f"{name}.png")
+    image_io.write_image(path, getattr(skimage.data, name)(), overwrite=True)
+    paths.append(path)
+  return paths
+
+
 # -- Validation ------------------------------------------------------------------
 
 

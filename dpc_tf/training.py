@@ -34,7 +34,16 @@ import tempfile
 import time
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
+
+import perceptual
+from perceptual import losses
+from perceptual import lpips_weights
+from dpc_tf import data
+from dpc_tf import metrics
+from dpc_tf import saving
+from dpc_tf.models import registry
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 LR_SCHEDULES = ("constant", "cosine", "step")
@@ -164,8 +173,6 @@ def make_distortion(name, **options):
   distortion's default); those the distortion does not accept are left out,
   so one set of flags serves "mse" as well as "dpc".
   """
-  import perceptual
-  from perceptual import losses
   if name not in perceptual.available_distortions():
     raise TrainingError(f"Unknown distortion {name!r}; choose one of "
                         f"{', '.join(perceptual.available_distortions())}.")
@@ -181,37 +188,57 @@ def make_distortion(name, **options):
 class TerminateOnNonFinite(tf.keras.callbacks.Callback):
   """Stops training at the first NaN or infinite loss, with a clear error.
 
-  Unlike Keras' `TerminateOnNaN`, it raises (`NonFiniteLossError`) rather
+  Also checks the weights every `check_weights_every` steps (at the end of
+  each epoch if None): pass the backup frequency, so that no backup holds
+  non-finite weights. Unlike Keras' `TerminateOnNaN`, it raises (`NonFiniteLossError`) rather
   than ending `fit` normally, so a broken model is neither frozen nor saved,
   and the program exits with an error. Put it before `BackupAndRestore` in
   the callbacks: the bad step is then never backed up, and a resumed run
   starts from the last good backup.
   """
 
-  def __init__(self, backup_dir=None):
+  def __init__(self, backup_dir=None, check_weights_every=None):
     super().__init__()
     self.backup_dir = backup_dir
+    self.check_weights_every = check_weights_every
     self._epoch = 0
+    self._batches = 0
 
   def on_epoch_begin(self, epoch, logs=None):
     self._epoch = epoch
 
   def on_train_batch_end(self, batch, logs=None):
+    self._batches += 1
     loss = (logs or {}).get("loss")
-    if loss is None:
-      return
-    loss = float(loss)
-    if math.isfinite(loss):
-      return
-    bad = {k: float(v) for k, v in logs.items()
-           if not math.isfinite(float(v))}
-    resume = (f" The last good backup is in {self.backup_dir}: rerun the same "
-              "command with a lower --learning_rate to resume from it."
-              if self.backup_dir else "")
+    if loss is not None and not math.isfinite(float(loss)):
+      bad = [k for k, v in logs.items() if not math.isfinite(float(v))]
+      self._stop(f"the loss is {float(loss)}", batch, bad)
+    # A step's loss is computed before its update, so an update that breaks
+    # the weights shows in the next step's loss. Where a backup may follow,
+    # check the weights themselves, so that no backup holds broken ones.
+    if self.check_weights_every and self._batches % self.check_weights_every == 0:
+      self._check_weights(batch)
+
+  def on_epoch_end(self, epoch, logs=None):
+    if not self.check_weights_every:
+      self._check_weights(None)
+
+  def _check_weights(self, batch):
+    bad = [v.name for v in self.model.trainable_variables
+           if not bool(tf.reduce_all(tf.math.is_finite(v)))]
+    if bad:
+      self._stop("the weights are not finite", batch, bad[:5])
+
+  def _stop(self, what, batch, bad):
+    where = f"epoch {self._epoch + 1}" + ("" if batch is None else f", step {batch}")
+    resume = ""
+    if self.backup_dir and backup_state(self.backup_dir):
+      resume = (f" The last good backup is in {self.backup_dir}: rerun with a "
+                "lower --learning_rate to resume from it.")
     raise NonFiniteLossError(
-        f"Training stopped: the loss is {loss} at epoch {self._epoch + 1}, step "
-        f"{batch} (non-finite: {', '.join(sorted(bad))}). Usually the learning "
-        "rate is too high for this model and lambda, or the data holds "
+        f"Training stopped: {what} at {where} (non-finite: "
+        f"{', '.join(sorted(bad))}). Usually the learning rate is too high for "
+        "this model and lambda, or the data or the loss's gradient holds "
         f"non-finite values.{resume}")
 
 
@@ -231,7 +258,8 @@ class RunProgress(tf.keras.callbacks.Callback):
 
   def on_train_batch_begin(self, batch, logs=None):
     if self.first_epoch is None:
-      self.first_epoch, self.first_step = self._epoch, batch
+      # Keras passes numpy integers after a resume.
+      self.first_epoch, self.first_step = int(self._epoch), int(batch)
 
   def on_train_batch_end(self, batch, logs=None):
     self.steps_run += 1
@@ -267,9 +295,6 @@ class ValidationImages(tf.keras.callbacks.Callback):
 
   def evaluate(self):
     """{name: mean value} and the side-by-side uint8 images."""
-    import numpy as np
-    import perceptual
-    from dpc_tf import metrics
     results, panels = [], []
     for image in self.images:
       x = tf.convert_to_tensor(image[None], tf.float32) / 255.0
@@ -386,8 +411,6 @@ class TrainConfig:
 
 
 def _check_config(config):
-  import perceptual
-  from dpc_tf.models import registry
   if config.arch not in registry.available_models():
     raise TrainingError(f"Unknown --arch {config.arch!r}; choose one of "
                         f"{', '.join(registry.available_models())}.")
@@ -413,7 +436,6 @@ def _model_hparams(config):
 
 
 def _training_source(config):
-  from dpc_tf import data
   if config.train_glob:
     source = data.ImageFiles.from_patterns(config.train_glob, config.patch_size)
     summary = source.scan.summary()
@@ -434,7 +456,6 @@ def _training_source(config):
 
 def _validation_images(config):
   """uint8 validation images (list) and a summary of what was skipped."""
-  from dpc_tf import data
   if config.val_glob:
     images, skipped = data.read_validation_images(config.val_glob)
     for path, reason in skipped:
@@ -450,7 +471,6 @@ def _validation_images(config):
 
 def _image_crops(images, size, count):
   """Center crops (sides multiples of 16, at most `size`) of the first images."""
-  from dpc_tf import data
   crops = []
   for image in images[:count]:
     side = min(size, *image.shape[:2]) // 16 * 16
@@ -461,8 +481,6 @@ def _image_crops(images, size, count):
 
 def _lpips_metric(config):
   """A `perceptual.LPIPS` for validation if weights are available, else None."""
-  import perceptual
-  from perceptual import lpips_weights
   try:
     lpips_weights.resolve_weights_path(config.lpips_trunk, config.lpips_weights)
   except (FileNotFoundError, ValueError):
@@ -483,10 +501,8 @@ def train(config):
   if config.cpu_devices and config.cpu_devices > 1:
     split_cpu(config.cpu_devices)
   _check_config(config)
-  from dpc_tf import data, saving
-  from dpc_tf.models import registry
 
-  output_dir = os.path.abspath(os.path.expanduser(config.output_dir))
+  output_dir = os.path.expanduser(config.output_dir)
   model_dir = os.path.join(output_dir, "model")
   backup_dir = os.path.join(output_dir, "backup")
   log_dir = os.path.join(output_dir, "logs")
@@ -550,7 +566,8 @@ def train(config):
                  backup_dir, epoch + 1, step + 1)
   progress = RunProgress()
   callbacks = [
-      TerminateOnNonFinite(backup_dir),  # Before the backup: see its doc.
+      # Before the backup: see its doc.
+      TerminateOnNonFinite(backup_dir, check_weights_every=config.checkpoint_every),
       tf.keras.callbacks.BackupAndRestore(
           backup_dir, save_freq=config.checkpoint_every or "epoch"),
       tf.keras.callbacks.TensorBoard(

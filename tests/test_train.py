@@ -1,0 +1,333 @@
+"""dpc-train: flags, schedules, the training run, resuming, NaN, TensorBoard, TFDS."""
+
+import glob
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import dpc_tf
+import perceptual
+from dpc_tf import data, training
+from perceptual import testing as lpips_testing
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 900
+
+
+# -- Library pieces (fast) -------------------------------------------------------
+
+
+def test_learning_rate_schedules():
+  assert training.learning_rate_schedule("constant", 1e-3) == 1e-3
+  cosine = training.learning_rate_schedule("cosine", 1e-3, total_steps=100,
+                                           final_fraction=0.1)
+  assert float(cosine(0)) == pytest.approx(1e-3)
+  assert float(cosine(50)) == pytest.approx(1e-3 * 0.55, rel=1e-5)
+  assert float(cosine(100)) == pytest.approx(1e-4, rel=1e-5)
+  assert float(cosine(500)) == pytest.approx(1e-4, rel=1e-5)
+  step = training.learning_rate_schedule("step", 1.0, boundaries=["10", "20"],
+                                         decay_factor=0.5)
+  assert [float(step(s)) for s in (0, 10, 11, 20, 21)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+  with pytest.raises(training.TrainingError, match="increasing"):
+    training.learning_rate_schedule("step", 1.0, boundaries=[20, 10])
+  with pytest.raises(training.TrainingError, match="Unknown"):
+    training.learning_rate_schedule("linear", 1.0)
+  with pytest.raises(training.TrainingError, match="> 0"):
+    training.learning_rate_schedule("constant", 0.0)
+
+
+def test_make_distortion_passes_the_options_each_loss_takes(tmp_path):
+  options = dict(alpha=0.25, trunk="alex", weights_path=None)
+  assert isinstance(training.make_distortion("mse", **options), perceptual.MSE)
+  weights = tmp_path / "lpips_alex_v0.1.npz"
+  lpips_testing.write_seeded_weights_file(weights, "alex", seed=0)
+  dpc = training.make_distortion("dpc", alpha=0.25, trunk="alex",
+                                 weights_path=str(weights))
+  assert isinstance(dpc, perceptual.DPCLoss) and dpc.alpha == 0.25
+  assert training.make_distortion("dpc", alpha=None, trunk="alex",
+                                  weights_path=str(weights)).alpha == 0.5
+  with pytest.raises(training.TrainingError, match="Unknown distortion"):
+    training.make_distortion("ssim")
+
+
+def test_strategy_errors(monkeypatch):
+  assert training.make_strategy("default") is tf.distribute.get_strategy()
+  assert training.is_chief(training.make_strategy("default"))
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+  with pytest.raises(training.TrainingError, match="TF_CONFIG"):
+    training.make_strategy("multi_worker")
+  with pytest.raises(training.TrainingError, match="Unknown strategy"):
+    training.make_strategy("horovod")
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(patch_size=40), "multiple of 16"),
+    (dict(train_glob=None), "exactly one data source"),
+    (dict(tfds_name="clic"), "exactly one data source"),
+    (dict(arch="resnet"), "Unknown --arch"),
+    (dict(distortion="ssim"), "Unknown --distortion"),
+    (dict(batch_size=0), "--batch_size must be >= 1"),
+])
+def test_bad_configs_fail_before_training(tmp_path, changes, message):
+  config = training.TrainConfig(output_dir=str(tmp_path), train_glob="x/*.png")
+  with pytest.raises(training.TrainingError, match=message):
+    training.train(training.TrainConfig(**{**vars(config), **changes}))
+
+
+def test_terminate_on_non_finite_raises_a_clear_error():
+  callback = training.TerminateOnNonFinite()
+  callback.on_epoch_begin(2)
+  callback.on_train_batch_end(3, {"loss": 0.5, "bpp": 0.1})
+  with pytest.raises(training.NonFiniteLossError,
+                     match=r"loss is nan at epoch 3, step 4 \(non-finite: bpp, loss\)"):
+    callback.on_train_batch_end(4, {"loss": float("nan"), "bpp": float("inf"),
+                                    "mse": 0.1})
+
+
+def test_terminate_on_non_finite_checks_the_weights_before_backups():
+  model = tf.keras.Sequential([tf.keras.layers.Dense(2, input_shape=(3,))])
+  callback = training.TerminateOnNonFinite(check_weights_every=2)
+  callback.set_model(model)
+  callback.on_train_batch_end(1, {"loss": 0.5})
+  model.layers[0].kernel.assign(tf.fill([3, 2], float("nan")))
+  # The loss of the step that broke the weights is still finite.
+  with pytest.raises(training.NonFiniteLossError,
+                     match=r"the weights are not finite at epoch 1, step 2"):
+    callback.on_train_batch_end(2, {"loss": 0.4})
+
+
+def test_flags_make_the_config_and_flags_txt_reruns_it(tmp_path):
+  from absl import flags
+  from train import main as train_main
+  fields = {f.name for f in __import__("dataclasses").fields(training.TrainConfig)}
+  assert fields <= set(flags.FLAGS)
+  argv = ["dpc-train", f"--output_dir={tmp_path}", "--train_glob=a/*.png",
+          "--lr_schedule=step", "--lr_boundaries=100,200", "--num_filters=16",
+          "--devices=/gpu:0,/gpu:1", "--tfds_prepare"]
+  try:
+    flags.FLAGS(argv)
+    config = train_main.config_from_flags()
+    train_main.write_flags(str(tmp_path))
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert config.lr_boundaries == ("100", "200") and config.num_filters == 16
+  assert config.devices == ("/gpu:0", "/gpu:1") and config.tfds_prepare
+  assert config.latent_depth is None and config.epochs == 100
+  try:
+    flags.FLAGS(["dpc-train", f"--flagfile={tmp_path / 'flags.txt'}"])
+    assert train_main.config_from_flags() == config
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
+# -- The program (slow: separate processes) ------------------------------------
+
+
+def start(args, env=None):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  return subprocess.Popen([sys.executable, "-m", "train"] + args, cwd=REPO,
+                          env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+
+
+def kill(process):
+  try:
+    os.killpg(process.pid, signal.SIGKILL)
+  except ProcessLookupError:
+    pass
+  process.wait()
+
+
+def run(args, env=None):
+  """Runs the training program; returns (exit code, output). SIGKILL on timeout."""
+  process = start(args, env)
+  try:
+    output, _ = process.communicate(timeout=TIMEOUT)
+  except subprocess.TimeoutExpired:
+    kill(process)
+    pytest.fail(f"dpc-train did not finish in {TIMEOUT} s.")
+  return process.returncode, output
+
+
+def tensorboard_tags(folder):
+  """{tag: number of values} of the event files in `folder`."""
+  tags = {}
+  for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+    for record in tf.data.TFRecordDataset(path):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        tags[value.tag] = tags.get(value.tag, 0) + 1
+  return tags
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+  """Sample photos, plus one too small and one unreadable file."""
+  folder = tmp_path_factory.mktemp("photos")
+  data.write_sample_photos(str(folder))
+  Image.fromarray(np.zeros((20, 300, 3), np.uint8)).save(folder / "strip.png")
+  (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+  return str(folder)
+
+
+TINY = ["--arch=factorized", "--num_filters=8", "--patch_size=32",
+        "--batch_size=2", "--verbose=2"]
+
+
+@pytest.mark.slow
+def test_training_program_end_to_end_with_dpc_loss(photos, tmp_path):
+  weights = tmp_path / "lpips_alex_v0.1.npz"
+  lpips_testing.write_seeded_weights_file(weights, "alex", seed=0)
+  output_dir = tmp_path / "run"
+  args = [f"--train_glob={photos}", f"--val_glob={photos}",
+          f"--output_dir={output_dir}", "--arch=hyperprior", "--num_filters=8",
+          "--patch_size=64", "--batch_size=2", "--steps_per_epoch=4",
+          "--epochs=2", "--distortion=dpc", "--alpha=0.7",
+          f"--lpips_weights={weights}", "--lr_schedule=cosine",
+          "--checkpoint_every=3", "--log_every=2", "--val_images=2",
+          "--val_image_size=96", "--seed=1", "--verbose=2"]
+  code, output = run(args)
+  assert code == 0, output[-4000:]
+  summary = json.loads((output_dir / "run_summary.json").read_text())
+  assert summary["optimizer_steps"] == 8 and summary["steps_this_run"] == 8
+  assert not summary["resumed"]
+  # The bad files were skipped and counted, not fatal.
+  files = summary["training_files"]
+  assert (files["usable"], files["unreadable"], files["too_small"]) == (5, 1, 1)
+  assert summary["validation_skipped"] == {"unreadable": 1, "too_small": 1}
+  assert {"lpips", "msssim", "bpp", "psnr", "val_lpips"} <= set(summary["final_logs"])
+  # The model is saved with its config, and codes images.
+  model = dpc_tf.load_model(output_dir / "model")
+  assert model.get_config()["num_filters"] == 8
+  assert summary["fingerprint"] == dpc_tf.saving.fingerprint(model)
+  image = np.asarray(Image.open(os.path.join(photos, "coffee.png")))[:64, :80]
+  codec = dpc_tf.Codec(model)
+  assert codec.decode(codec.encode(image)).shape == image.shape
+  assert "--distortion=dpc" in (output_dir / "flags.txt").read_text()
+  # TensorBoard: every loss term, and quality and reconstructions of the
+  # validation images.
+  logs = output_dir / "logs"
+  train_tags = tensorboard_tags(logs / "train")
+  for name in ("loss", "bpp", "distortion", "lpips", "msssim", "psnr", "mse"):
+    assert train_tags.get(f"epoch_{name}") == 2
+    assert train_tags.get(f"batch_{name}", 0) >= 2
+  assert train_tags.get("epoch_learning_rate") == 2
+  assert tensorboard_tags(logs / "validation").get("epoch_loss") == 2
+  image_tags = tensorboard_tags(logs / "val_images")
+  for name in ("psnr", "msssim", "msssim_db", "lpips", "bpp"):
+    assert image_tags.get(f"epoch_{name}") == 2
+  assert image_tags.get("reconstruction_0") == 2
+  assert image_tags.get("reconstruction_1") == 2
+  # The backup is gone once training has finished; a second run refuses to
+  # retrain over the model.
+  assert not os.path.exists(output_dir / "backup" / "chief")
+  code, output = run(args)
+  assert code == 1 and "this run has finished" in output
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_where_its_last_backup_left_off(photos, tmp_path):
+  output_dir = tmp_path / "run"
+  steps_per_epoch, epochs = 20, 10
+  args = TINY + [f"--train_glob={photos}", f"--output_dir={output_dir}",
+                 f"--steps_per_epoch={steps_per_epoch}", f"--epochs={epochs}",
+                 "--checkpoint_every=5", "--seed=0"]
+  process = start(args)
+  index = output_dir / "backup" / "chief" / "checkpoint"
+  deadline = time.time() + TIMEOUT
+  try:
+    while not index.exists() and process.poll() is None and time.time() < deadline:
+      time.sleep(0.05)
+  finally:
+    kill(process)  # SIGKILL: no chance to clean up, as in a crash.
+  assert index.exists() and not (output_dir / "model").exists(), (
+      "the run ended before it could be killed after its first backup")
+  epoch, step = training.backup_state(str(output_dir / "backup"))
+  done = epoch * steps_per_epoch + step + 1
+  assert 0 < done < steps_per_epoch * epochs
+
+  code, output = run(args)
+  assert code == 0, output[-4000:]
+  assert "Resuming from the backup" in output
+  summary = json.loads((output_dir / "run_summary.json").read_text())
+  assert summary["resumed"]
+  expected_start = (divmod(done, steps_per_epoch))
+  assert (summary["started_at"]["epoch"], summary["started_at"]["step"]) == expected_start
+  assert summary["steps_this_run"] == steps_per_epoch * epochs - done
+  # The optimizer's step counter was restored too: the run is whole.
+  assert summary["optimizer_steps"] == steps_per_epoch * epochs
+  dpc_tf.load_model(output_dir / "model")
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_the_program_with_a_clear_error(photos, tmp_path):
+  output_dir = tmp_path / "run"
+  code, output = run(TINY + [f"--train_glob={photos}", f"--output_dir={output_dir}",
+                             "--steps_per_epoch=5", "--epochs=2",
+                             "--learning_rate=1e30"])
+  assert code == 1, output[-3000:]
+  assert "dpc-train: error: Training stopped: the loss is" in output
+  assert "learning rate is too high" in output
+  assert not (output_dir / "model").exists()
+
+
+BUILDER = '''
+import tensorflow_datasets as tfds
+
+
+class DpcTestTrainPhotos(tfds.core.GeneratorBasedBuilder):
+  """PNG photos from the manual directory, as CLIC's files would be."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = "Put train/*.png and validation/*.png there."
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+            {"image": tfds.features.Image(shape=(None, None, 3))}))
+
+  def _split_generators(self, dl_manager):
+    return {split: self._generate_examples(dl_manager.manual_dir / split)
+            for split in ("train", "validation")}
+
+  def _generate_examples(self, folder):
+    for path in sorted(folder.glob("*.png")):
+      yield path.name, {"image": str(path)}
+'''
+
+
+@pytest.mark.slow
+def test_training_on_a_tfds_dataset_with_a_manual_dir(tmp_path):
+  manual = tmp_path / "manual"
+  for split, names in (("train", ("astronaut", "coffee", "chelsea")),
+                       ("validation", ("rocket",))):
+    data.write_sample_photos(str(manual / split), names)
+  modules = tmp_path / "modules"
+  modules.mkdir()
+  (modules / "my_photos.py").write_text(BUILDER)
+  output_dir = tmp_path / "run"
+  code, output = run(
+      TINY + ["--imports=my_photos", "--tfds_name=dpc_test_train_photos",
+              f"--tfds_data_dir={tmp_path / 'tfds'}", "--tfds_prepare",
+              f"--tfds_manual_dir={manual}", "--tfds_val_split=validation",
+              f"--output_dir={output_dir}", "--steps_per_epoch=3", "--epochs=1"],
+      env={"PYTHONPATH": str(modules)})
+  assert code == 0, output[-4000:]
+  summary = json.loads((output_dir / "run_summary.json").read_text())
+  assert summary["optimizer_steps"] == 3
+  assert summary["pipeline"]["images_read"] >= 3
+  assert "val_loss" in summary["final_logs"]
+  assert os.path.isdir(tmp_path / "tfds" / "dpc_test_train_photos" / "1.0.0")
+  assert math.isfinite(summary["final_logs"]["loss"])
