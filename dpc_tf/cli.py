@@ -127,7 +127,6 @@ def _run_compress(args):
 
 
 def _quality(image, decoded):
-  import numpy as np
   from dpc_tf import metrics
   a = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]
   b = decoded[..., :a.shape[-1]]
@@ -202,6 +201,15 @@ def _run_models(args):
     doc = (model_class(name).__doc__ or "").strip().splitlines()[0]
     print(f"{name:24s} {doc}")
   return 0
+
+
+def run_absl_program(main, doc):
+  """Runs an absl program (`dpc-train`, `dpc-export`) with `doc` as its --help."""
+  from absl import app
+  # absl prints the __main__ module's docstring for --help; under `python -m`
+  # or a console script that is a stub, so show the program's instead.
+  sys.modules["__main__"].__doc__ = doc
+  app.run(main)
 
 
 def build_parser():

@@ -55,12 +55,17 @@ class _Stack(tf.keras.layers.Layer):
   def build(self, input_shape):
     # From shapes alone, without running the layers: building a large model
     # by a forward pass costs seconds of eager ops at every `dpc` start.
+    # Each in its own name scope, as Keras's __call__ would do: otherwise all
+    # weights are named `analysis/kernel_real:0` and HDF5 saving fails.
     shape = tf.TensorShape(input_shape)
     for layer in self._stack:
-      layer.build(shape)
-      shape = shape[:-1].concatenate([layer.filters])
-      if isinstance(layer.activation, tf.keras.layers.Layer):
-        layer.activation.build(shape)  # GDN: SignalConv2D leaves it to call().
+      with tf.name_scope(layer.name):
+        layer.build(shape)
+        shape = shape[:-1].concatenate([layer.filters])
+        if isinstance(layer.activation, tf.keras.layers.Layer):
+          with tf.name_scope(layer.activation.name):
+            # GDN: SignalConv2D leaves it to call().
+            layer.activation.build(shape)
     super().build(input_shape)
 
   def call(self, x):

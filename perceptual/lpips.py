@@ -165,10 +165,14 @@ class Fire(tf.keras.layers.Layer):
 
   def build(self, input_shape):
     channels = tf.TensorShape(input_shape)[-1]
-    self.squeeze.build(tf.TensorShape([None, None, None, channels]))
+    # Name scopes as Keras's __call__ would give them, so weight names are
+    # unique (HDF5 saving needs that).
+    with tf.name_scope(self.squeeze.name):
+      self.squeeze.build(tf.TensorShape([None, None, None, channels]))
     squeezed = tf.TensorShape([None, None, None, self.squeeze_channels])
-    self.expand1x1.build(squeezed)
-    self.expand3x3.build(squeezed)
+    for expand in (self.expand1x1, self.expand3x3):
+      with tf.name_scope(expand.name):
+        expand.build(squeezed)
     super().build(input_shape)
 
   def call(self, x):
@@ -222,8 +226,9 @@ class TorchvisionFeatures(tf.keras.layers.Layer):
     channels = tf.TensorShape(input_shape)[-1]
     for layer in self.spec.layers:
       if str(layer.index) in self._indexed_layers:
-        self._indexed_layers[str(layer.index)].build(
-            tf.TensorShape([None, None, None, channels]))
+        keras_layer = self._indexed_layers[str(layer.index)]
+        with tf.name_scope(keras_layer.name):
+          keras_layer.build(tf.TensorShape([None, None, None, channels]))
         channels = layer.out_channels
     super().build(input_shape)
 
@@ -317,7 +322,8 @@ class LPIPS(tf.keras.layers.Layer):
     self.features = TorchvisionFeatures(
         self.trunk, kernel_initializer=initializer, name="features",
         dtype=self.dtype_policy)
-    self.features.build(tf.TensorShape([None, None, None, 3]))
+    with tf.name_scope(self.features.name):
+      self.features.build(tf.TensorShape([None, None, None, 3]))
     self.lins = []
     if self.calibrated:
       for k, channels in enumerate(self.spec.tap_channels()):
@@ -327,7 +333,8 @@ class LPIPS(tf.keras.layers.Layer):
             kernel_initializer=(tf.keras.initializers.RandomUniform(
                 0.0, 2.0 / channels) if self.random_weights else "zeros"),
             name=f"lin{k}", dtype="float32")
-        lin.build(tf.TensorShape([None, None, None, channels]))
+        with tf.name_scope(lin.name):
+          lin.build(tf.TensorShape([None, None, None, channels]))
         self.lins.append(lin)
     if weights is not None:
       self._assign(weights.arrays)

@@ -22,7 +22,6 @@ TINY_HPARAMS = {
 def tiny_models():
   """{architecture: frozen tiny model}, lazily built and cached."""
   import dpc_tf
-  cache = {}
 
   class Models(dict):
     def __missing__(self, name):

@@ -1,6 +1,6 @@
 """The `dpc` command on real files."""
-
 import os
+import re
 import subprocess
 import sys
 
@@ -72,7 +72,7 @@ def test_bad_inputs_are_reported_and_the_rest_still_done(saved_models, pngs,
   err = capsys.readouterr().err
   assert code == 1
   assert "bad.png: not a readable image" in err
-  assert "deep.png: I;16 images (16-bit) are not supported" in err
+  assert re.search(r"deep\.png: .*16-bit.* not supported", err)
   assert "1 of 3 files done, 2 failed" in err
   assert (tmp_path / "o" / "astronaut.dpc").exists()
   assert not (tmp_path / "o" / "bad.dpc").exists()

@@ -10,34 +10,11 @@ import tensorflow as tf
 from PIL import Image
 
 from dpc_tf import data
+import support
 
 # A manual-download TFDS builder, as a user's own dataset module would be: it
 # reads PNG files from the manual directory (nothing is downloaded).
-BUILDER_SOURCE = '''
-import tensorflow_datasets as tfds
-
-
-class DpcTestManualPhotos(tfds.core.GeneratorBasedBuilder):
-  """PNG photos from the manual directory."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  MANUAL_DOWNLOAD_INSTRUCTIONS = "Put PNG files in the manual directory."
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict(
-            {"image": tfds.features.Image(shape=(None, None, 3))}))
-
-  def _split_generators(self, dl_manager):
-    return {"train": self._generate_examples(dl_manager.manual_dir / "train"),
-            "validation": self._generate_examples(
-                dl_manager.manual_dir / "validation")}
-
-  def _generate_examples(self, folder):
-    for path in sorted(folder.glob("*.png")):
-      yield path.name, {"image": str(path)}
-'''
+BUILDER_SOURCE = support.manual_photos_builder("DpcTestManualPhotos")
 
 
 def solid(color, height, width):

@@ -9,47 +9,27 @@ timeout.
 
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 import textwrap
 
 import pytest
 
 import dpc_tf
 from dpc_tf import data
+import support
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 TIMEOUT = 900
 
 
 def start(args, env=None, log=None):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
-  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  return subprocess.Popen([sys.executable] + args, cwd=REPO, env=env,
-                          stdout=log or subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True,
-                          start_new_session=True)
-
-
-def kill(process):
-  try:
-    os.killpg(process.pid, signal.SIGKILL)
-  except ProcessLookupError:
-    pass
-  process.wait()
+  return support.start_python(args, env=env, log=log)
 
 
 def finish(process, timeout=TIMEOUT):
-  """Waits for a process; SIGKILLs its group on timeout. Returns its output."""
-  try:
-    output, _ = process.communicate(timeout=timeout)
-  except subprocess.TimeoutExpired:
-    kill(process)
-    pytest.fail(f"Process {process.args[:3]} did not finish in {timeout} s.")
-  return output
+  """Waits for a process (SIGKILL on timeout); returns its output."""
+  return support.finish(process, timeout)[1]
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +136,7 @@ def test_multi_worker_training_ends_with_identical_weights(photos, tmp_path):
         codes.append(None)
   finally:
     for process in processes:
-      kill(process)
+      support.kill(process)
     for log in logs:
       log.close()
   outputs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]

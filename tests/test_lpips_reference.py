@@ -118,8 +118,11 @@ def test_committed_fixture_is_what_the_reference_gives(trunk):
       if name == "versions":
         continue
       if committed[name].dtype.kind in "fc":
+        # PyTorch's CPU kernels pick their blocking by thread count, so a
+        # rerun differs in the last bits (seen: 1.4e-6 on VGG's un-normalised
+        # spatial map of values ~1.5, i.e. 4e-6 relative).
         np.testing.assert_allclose(fresh[name], committed[name], atol=1e-6,
-                                   err_msg=name)
+                                   rtol=1e-5, err_msg=name)
       else:
         np.testing.assert_array_equal(fresh[name], committed[name],
                                       err_msg=name)

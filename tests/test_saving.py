@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import dpc_tf
-from dpc_tf import layers, saving
+from dpc_tf import layers
 
 
 @pytest.mark.parametrize("arch", ["factorized", "joint"])

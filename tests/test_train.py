@@ -4,9 +4,6 @@ import glob
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -18,8 +15,8 @@ import dpc_tf
 import perceptual
 from dpc_tf import data, training
 from perceptual import testing as lpips_testing
+import support
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 900
 
 
@@ -133,31 +130,12 @@ def test_flags_make_the_config_and_flags_txt_reruns_it(tmp_path):
 
 
 def start(args, env=None):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
-  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  return subprocess.Popen([sys.executable, "-m", "train"] + args, cwd=REPO,
-                          env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True,
-                          start_new_session=True)
-
-
-def kill(process):
-  try:
-    os.killpg(process.pid, signal.SIGKILL)
-  except ProcessLookupError:
-    pass
-  process.wait()
+  return support.start_python(["-m", "train"] + args, env=env)
 
 
 def run(args, env=None):
   """Runs the training program; returns (exit code, output). SIGKILL on timeout."""
-  process = start(args, env)
-  try:
-    output, _ = process.communicate(timeout=TIMEOUT)
-  except subprocess.TimeoutExpired:
-    kill(process)
-    pytest.fail(f"dpc-train did not finish in {TIMEOUT} s.")
-  return process.returncode, output
+  return support.finish(start(args, env), TIMEOUT)
 
 
 def tensorboard_tags(folder):
@@ -250,7 +228,7 @@ def test_a_killed_run_resumes_where_its_last_backup_left_off(photos, tmp_path):
     while not index.exists() and process.poll() is None and time.time() < deadline:
       time.sleep(0.05)
   finally:
-    kill(process)  # SIGKILL: no chance to clean up, as in a crash.
+    support.kill(process)  # SIGKILL: no chance to clean up, as in a crash.
   assert index.exists() and not (output_dir / "model").exists(), (
       "the run ended before it could be killed after its first backup")
   epoch, step = training.backup_state(str(output_dir / "backup"))
@@ -282,30 +260,7 @@ def test_nan_loss_stops_the_program_with_a_clear_error(photos, tmp_path):
   assert not (output_dir / "model").exists()
 
 
-BUILDER = '''
-import tensorflow_datasets as tfds
-
-
-class DpcTestTrainPhotos(tfds.core.GeneratorBasedBuilder):
-  """PNG photos from the manual directory, as CLIC's files would be."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  MANUAL_DOWNLOAD_INSTRUCTIONS = "Put train/*.png and validation/*.png there."
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict(
-            {"image": tfds.features.Image(shape=(None, None, 3))}))
-
-  def _split_generators(self, dl_manager):
-    return {split: self._generate_examples(dl_manager.manual_dir / split)
-            for split in ("train", "validation")}
-
-  def _generate_examples(self, folder):
-    for path in sorted(folder.glob("*.png")):
-      yield path.name, {"image": str(path)}
-'''
+BUILDER = support.manual_photos_builder("DpcTestTrainPhotos")
 
 
 @pytest.mark.slow

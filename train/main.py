@@ -21,6 +21,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 
+from dpc_tf import cli
 from dpc_tf import data
 from dpc_tf import training
 
@@ -168,10 +169,7 @@ def main(argv):
 
 def run():
   """Entry point of the `dpc-train` command."""
-  # absl prints the __main__ module's docstring for --help; under `python -m`
-  # or a console script that is a stub, so show this program's instead.
-  sys.modules["__main__"].__doc__ = __doc__
-  app.run(main)
+  cli.run_absl_program(main, __doc__)
 
 
 if __name__ == "__main__":
