@@ -26,7 +26,7 @@ def _codec(out):
 
 def _lpips(out):
   from bench import bench_lpips
-  return bench_lpips.run(out)
+  return bench_lpips.run(out, trunks=("alex", "squeeze", "vgg"))
 
 
 def _train(out):

@@ -102,3 +102,18 @@ def test_a_user_composes_a_codec_in_keras(tmp_path):
   model.save(tmp_path / "m.h5")
   reloaded = tf.keras.models.load_model(tmp_path / "m.h5")
   np.testing.assert_allclose(reloaded(x).numpy(), model(x).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(5, 5, 3, 8), (3, 3, 8, 4)])
+def test_restore_target_kernels_match_tfc(shape):
+  """Loading builds kernels without tfc's FFT; they must be tfc's, exactly."""
+  import tensorflow_compression as tfc
+  ours = layers.ZeroRDFTParameter(shape=shape)
+  theirs = tfc.RDFTParameter(None, name="kernel", shape=shape, dtype=tf.float32)
+  for a, b in ((ours.real, theirs.real), (ours.imag, theirs.imag)):
+    assert a.shape == b.shape and a.name == b.name
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  assert ours().shape == shape
+  copy = tf.keras.utils.deserialize_keras_object(
+      tf.keras.utils.serialize_keras_object(ours))
+  assert isinstance(copy, tfc.RDFTParameter) and copy.real.shape == ours.real.shape
