@@ -45,13 +45,13 @@ class ZeroRDFTParameter(tfc.RDFTParameter):
   """
 
   def __init__(self, initial_value=None, name="kernel", shape=None,
-               dtype=tf.float32):
+               dtype=None):
     if initial_value is not None:
       super().__init__(initial_value, name=name, dtype=dtype)
       return
     tfc.Parameter.__init__(self, name=name)  # pylint: disable=non-parent-init-called
     self._shape = tf.TensorShape(shape)
-    self._dtype = tf.as_dtype(dtype)
+    self._dtype = tf.as_dtype(dtype or tf.float32)
     # The variables hold the RDFT over the spatial axes, moved last.
     spatial, channels = self._shape[:-2], self._shape[-2:]
     rdft_shape = channels.concatenate(spatial[:-1]).concatenate(

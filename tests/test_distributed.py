@@ -23,10 +23,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 TIMEOUT = 900
 
 
-def start(args, env=None, log=None):
-  return support.start_python(args, env=env, log=log)
-
-
 def finish(process, timeout=TIMEOUT):
   """Waits for a process (SIGKILL on timeout); returns its output."""
   return support.finish(process, timeout)[1]
@@ -83,7 +79,7 @@ def test_one_step_on_two_replicas_equals_one_step_on_one_device():
       print(json.dumps(dict(single=step(after_single).tolist(),
                             mirrored=step(after_mirrored).tolist())))
       """)
-  output = finish(start(["-c", script]))
+  output = finish(support.start_python(["-c", script]))
   steps = json.loads(output.strip().splitlines()[-1])
   import numpy as np
   single, mirrored = np.array(steps["single"]), np.array(steps["mirrored"])
@@ -92,7 +88,7 @@ def test_one_step_on_two_replicas_equals_one_step_on_one_device():
 
 
 def test_mirrored_training_program_on_two_cpu_devices(photos, tmp_path):
-  output = finish(start([
+  output = finish(support.start_python([
       "-m", "train", "--strategy=mirrored", "--cpu_devices=2",
       f"--train_glob={photos}", f"--output_dir={tmp_path / 'run'}",
       "--arch=factorized", "--num_filters=8", "--patch_size=32",
@@ -120,7 +116,7 @@ def test_multi_worker_training_ends_with_identical_weights(photos, tmp_path):
                    "task": {"type": "worker", "index": index}}
       log = open(tmp_path / f"worker{index}.log", "w")
       logs.append(log)
-      processes.append(start([
+      processes.append(support.start_python([
           "-m", "train", "--strategy=multi_worker", f"--train_glob={photos}",
           f"--val_glob={photos}", f"--output_dir={output_dir}",
           "--arch=factorized", "--num_filters=8", "--patch_size=32",
