@@ -29,6 +29,9 @@ setuptools.setup(
     packages=(setuptools.find_packages(include=["dpc_tf", "dpc_tf.*", "perceptual", "perceptual.*"])
               + ["dpc_train", "dpc_export"]),
     package_dir={"dpc_train": "train", "dpc_export": "export"},
+    # The model zoo ships inside the package.
+    package_data={"dpc_tf.zoo": ["models/*/*.json", "models/*/*.npz",
+                                 "models/*/*.md"]},
     install_requires=_requirements("base.txt"),
     extras_require={
         "eval": _requirements("eval.txt"),

@@ -56,7 +56,7 @@ def time_steps(distortion, crops, arch, hparams, batch_size, steps, warmup):
   tf.keras.utils.set_random_seed(0)
   model = dpc_tf.create_model(arch, **hparams)
   model.compile(optimizer=tf.keras.optimizers.Adam(1e-4), distortion=distortion,
-                lmbda=0.01)
+                lmbda=None)
   dataset = (tf.data.Dataset.from_tensor_slices(crops).shuffle(len(crops), seed=0)
              .repeat().batch(batch_size, drop_remainder=True).prefetch(2))
   iterator = iter(dataset)

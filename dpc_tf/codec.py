@@ -4,17 +4,45 @@
     data = codec.encode(image)        # uint8 [H, W, C], C in 1-4
     assert codec.decode(data).shape == image.shape
 
+    codec = dpc_tf.zoo.load_codec("dpc")      # variable-rate
+    data = codec.encode(image, quality=2.5)   # any quality in codec.quality_range
+    data = codec.encode(image, bpp=0.3)       # rate control
+
 Encoding is deterministic (the same image gives the same bytes) and decoding
 gives the same pixels in any process on the same platform. Floating-point
 differences between CPU types can change the entropy model's indexes, so move
 bitstreams between machines of one kind (a known property of learned codecs).
 """
 
+import dataclasses
 import zlib
 
 import numpy as np
 
 from dpc_tf import container, images, saving
+from dpc_tf.container import QualityError
+
+# Rate control stops within this relative distance of the target bpp.
+BPP_TOLERANCE = 0.03
+
+
+@dataclasses.dataclass(frozen=True)
+class RateControlResult:
+  """What `Codec.encode_at_bpp` got."""
+  data: bytes          # The bitstream.
+  quality: float       # The quality it was coded at.
+  bpp: float           # Its bits per pixel (whole file, header included).
+  target_bpp: float
+  reachable: bool      # False: the target is outside the model's range and
+                       # `data` is the closest rate it has.
+
+  def describe(self):
+    text = (f"target {self.target_bpp:.4g} bpp -> {self.bpp:.4f} bpp at "
+            f"quality {self.quality:.4f}")
+    if not self.reachable:
+      text += (" (the closest this model reaches: the target is "
+               f"{'below' if self.target_bpp < self.bpp else 'above'} its range)")
+    return text
 
 
 class Codec:
@@ -37,19 +65,95 @@ class Codec:
     return (f"{self.model.architecture}/{self.config_hash.hex()}/"
             f"{self.fingerprint.hex()}")
 
-  def encode(self, image):
-    """uint8 [H, W, C] -> bytes of a `.dpc` bitstream."""
+  @property
+  def quality_range(self):
+    """(lowest, highest) quality of a variable-rate model, else None."""
+    return self.model.quality_range
+
+  def _split(self, image):
+    """(RGB uint8 image, zlib alpha bytes, header fields) of a checked image."""
     image = images.check_image(image)
     height, width, channels = image.shape
     color = image[..., :3] if channels >= 3 else np.repeat(image[..., :1], 3, -1)
     alpha = b""
     if channels in (2, 4):
       alpha = zlib.compress(np.ascontiguousarray(image[..., -1]).tobytes(), 9)
-    outputs = self.model.compress_image(color)
+    return color, alpha, (height, width, channels)
+
+  def _pack(self, outputs, alpha, size, quality):
     strings = tuple(outputs[name].numpy() for name in self.model.string_names)
     header = container.Header(self.model.architecture, self.config_hash,
-                              self.fingerprint, height, width, channels)
+                              self.fingerprint, *size, quality=quality)
     return container.pack(container.Bitstream(header, strings, alpha))
+
+  def encode(self, image, quality=None, bpp=None):
+    """uint8 [H, W, C] -> bytes of a `.dpc` bitstream.
+
+    Variable-rate models take a `quality` in `quality_range`, or a target
+    `bpp` (rate control; raises `QualityError` if the model cannot reach it
+    within 3 %: use `encode_at_bpp` to get the closest rate instead).
+    """
+    if bpp is not None:
+      if quality is not None:
+        raise QualityError("Give quality or bpp, not both.")
+      result = self.encode_at_bpp(image, bpp)
+      if not result.reachable:
+        low, high = self.quality_range
+        raise QualityError(
+            f"Target {bpp} bpp is outside what this model reaches on this "
+            f"image (qualities {low:g}-{high:g}): {result.describe()}.")
+      return result.data
+    quality = self.model.check_quality(quality)
+    color, alpha, size = self._split(image)
+    outputs = self.model.compress_image(
+        color, quality if self.model.variable_rate else None)
+    return self._pack(outputs, alpha, size, quality)
+
+  def encode_at_bpp(self, image, bpp):
+    """Rate control: the quality whose bitstream is closest to `bpp`.
+
+    The analysis transform runs once; each try re-quantises and re-codes its
+    output (the hyper-transforms and the range coder), by bisection on the
+    quality, until the rate is within 3 % of the target. Returns a
+    `RateControlResult`.
+    """
+    if not self.model.variable_rate:
+      raise QualityError(f"The {self.model.architecture!r} model is fixed-rate: "
+                         "rate control needs a variable-rate model.")
+    target = float(bpp)
+    if not target > 0:
+      raise QualityError(f"Target bpp must be > 0, got {bpp}.")
+    color, alpha, size = self._split(image)
+    num_pixels = size[0] * size[1]
+    y = self.model.analyze_image(color)
+    shape = np.array(size[:2], np.int32)
+
+    def code(q):
+      q = self.model.check_quality(q)
+      data = self._pack(self.model.compress_analyzed(y, shape, q), alpha, size, q)
+      return q, data, 8.0 * len(data) / num_pixels
+
+    low, high = code(self.quality_range[0]), code(self.quality_range[1])
+    for end in (low, high):
+      if abs(end[2] - target) <= BPP_TOLERANCE * target:
+        return RateControlResult(end[1], end[0], end[2], target, True)
+    if target < low[2]:
+      return RateControlResult(low[1], low[0], low[2], target, False)
+    if target > high[2]:
+      return RateControlResult(high[1], high[0], high[2], target, False)
+    best = min((low, high), key=lambda r: abs(r[2] - target))
+    for _ in range(24):
+      mid = code((low[0] + high[0]) / 2)
+      if abs(mid[2] - target) < abs(best[2] - target):
+        best = mid
+      if abs(mid[2] - target) <= BPP_TOLERANCE * target:
+        break
+      if mid[2] < target:
+        low = mid
+      else:
+        high = mid
+    return RateControlResult(best[1], best[0], best[2], target,
+                             abs(best[2] - target) <= BPP_TOLERANCE * target)
 
   def decode(self, data):
     """bytes -> uint8 [H, W, C]. Raises `container.BitstreamError`."""
@@ -60,11 +164,21 @@ class Codec:
       raise container.BitstreamError(
           f"Corrupt bitstream: {len(stream.strings)} strings, the model codes "
           f"{len(self.model.string_names)}.")
+    if self.model.variable_rate:
+      try:
+        quality = self.model.check_quality(h.quality)
+      except QualityError as e:
+        raise container.BitstreamError(f"Corrupt bitstream: {e}") from None
+    elif h.quality != 0.0:
+      raise container.BitstreamError(
+          f"Corrupt bitstream: quality {h.quality} for a fixed-rate model.")
+    else:
+      quality = None
     import tensorflow as tf
     try:
       color = self.model.decompress_image(
           tf.constant([h.height, h.width], tf.int32),
-          *[tf.constant(s) for s in stream.strings]).numpy()
+          *[tf.constant(s) for s in stream.strings], quality=quality).numpy()
     except tf.errors.OpError as e:
       raise container.BitstreamError(
           f"Corrupt bitstream: range decoding failed ({e.message.splitlines()[0]})."

@@ -1,17 +1,20 @@
-"""The `.dpc` bitstream container, format version 1.
+"""The `.dpc` bitstream container, format version 2.
 
 All integers are big-endian; `varint` is unsigned LEB128.
 
     offset  size     field
     0       4        magic b"\\x89DPC" (a high first byte, as PNG, so text
                      transfers that mangle bytes are caught)
-    4       1        format version (1)
+    4       1        format version (2; version 1 files, which have no
+                     quality field, are still read)
     5       1+n      architecture name: u8 length n, ASCII
     .       4        config hash: first 4 bytes of SHA-256 of the
                      hyper-parameters (see `saving.config_hash`)
     .       8        weights fingerprint (see `saving.fingerprint`)
     .       4+4+1    image height, width (u32), channels (u8): 1 gray,
                      2 gray+alpha, 3 RGB, 4 RGBA
+    .       4        quality (float32; 0 for a fixed-rate model): the
+                     decoder must apply the same gains as the encoder
     .       1        number of entropy-coded strings k
     .       k times  varint length + the string (model order, e.g. z, y)
     .       [varint length + zlib-compressed alpha plane]  if channels is 2 or 4
@@ -27,7 +30,8 @@ import struct
 import zlib
 
 MAGIC = b"\x89DPC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 MAX_PIXELS = 1 << 30  # Refuse to allocate absurd images from a crafted header.
 
 
@@ -39,6 +43,10 @@ class ModelMismatchError(BitstreamError):
   """The bitstream was made by a different model than the one given."""
 
 
+class QualityError(ValueError):
+  """A quality or target rate the model cannot code at (names the valid range)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Header:
   architecture: str
@@ -47,6 +55,7 @@ class Header:
   height: int
   width: int
   channels: int
+  quality: float = 0.0  # Variable-rate models; 0.0 for fixed-rate ones.
 
   @property
   def model_id(self):
@@ -85,7 +94,7 @@ def pack(stream):
   out = bytearray(MAGIC)
   out += bytes([FORMAT_VERSION, len(name)]) + name
   out += h.config_hash + h.fingerprint
-  out += struct.pack(">IIB", h.height, h.width, h.channels)
+  out += struct.pack(">IIBf", h.height, h.width, h.channels, h.quality)
   out.append(len(stream.strings))
   for s in stream.strings:
     out += _varint(len(s)) + s
@@ -129,10 +138,13 @@ def unpack(data):
     raise BitstreamError(
         "Not a dpc bitstream (wrong magic bytes); expected a file written by "
         "`dpc compress` or dpc_tf.Codec.encode.")
-  if data[4] != FORMAT_VERSION:
+  version = data[4]
+  if version not in READ_VERSIONS:
     raise BitstreamError(
-        f"Bitstream format version {data[4]} is not supported; this dpc_tf "
-        f"reads version {FORMAT_VERSION}.")
+        f"Bitstream format version {version} is not supported; this dpc_tf "
+        f"reads versions {', '.join(map(str, READ_VERSIONS))}"
+        + (": a newer dpc_tf wrote it, upgrade to read it." if version > FORMAT_VERSION
+           else "."))
   r = _Reader(data)
   r.pos = 5
   name_len = r.take(1, "architecture name length")[0]
@@ -143,6 +155,9 @@ def unpack(data):
   config_hash = r.take(4, "config hash")
   fingerprint = r.take(8, "fingerprint")
   height, width, channels = struct.unpack(">IIB", r.take(9, "image size"))
+  quality = 0.0
+  if version >= 2:
+    quality, = struct.unpack(">f", r.take(4, "quality"))
   count = r.take(1, "string count")[0]
   strings = tuple(r.take(r.varint("string length"), f"string {i}")
                   for i in range(count))
@@ -161,5 +176,8 @@ def unpack(data):
     raise BitstreamError(f"Corrupt bitstream: {channels} channels.")
   if not 0 < height * width <= MAX_PIXELS:
     raise BitstreamError(f"Corrupt bitstream: image size {height}x{width}.")
-  header = Header(architecture, config_hash, fingerprint, height, width, channels)
+  if not (quality == 0.0 or 1.0 <= quality < 256.0):  # Also refuses NaN.
+    raise BitstreamError(f"Corrupt bitstream: quality {quality}.")
+  header = Header(architecture, config_hash, fingerprint, height, width,
+                  channels, quality)
   return Bitstream(header, strings, alpha)

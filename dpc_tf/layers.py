@@ -244,3 +244,68 @@ class SliceTransform(_Stack):
 
   def _hparams(self):
     return dict(num_filters=self.num_filters, output_depth=self.output_depth)
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class ChannelGains(tf.keras.layers.Layer):
+  """Per-channel gains, one vector per rate level, for variable-rate codecs.
+
+  Cui et al., "Asymmetric Gained Deep Image Compression With Continuous Rate
+  Adaptation" (CVPR 2021): scaling the latents per channel before
+  quantisation sets the rate, and one model learns a gain vector for each of
+  a set of λ. Between two levels the gains are interpolated geometrically,
+  g = g_i^(1-t) · g_(i+1)^t, so the rate moves continuously. The weights are
+  the gains' logarithms, which keeps every gain positive.
+
+  Call with `(x, level)`: `x` is [B, H, W, C]; `level` a float scalar or [B]
+  in [0, num_levels - 1] (one level per image in training).
+
+  Args:
+    num_levels: the number of trained levels (λ values), at least 2.
+    initial_log_gains: optional [num_levels] starting log-gains, the same for
+      every channel (e.g. 0.5·log(λ_i/λ_ref) to start a pre-trained
+      fixed-rate model at sensible rates); zeros by default.
+  """
+
+  def __init__(self, num_levels, initial_log_gains=None, name=None, **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.num_levels = int(num_levels)
+    if self.num_levels < 2:
+      raise ValueError(f"ChannelGains needs at least 2 levels, got {num_levels}.")
+    if initial_log_gains is not None:
+      initial_log_gains = [float(g) for g in initial_log_gains]
+      if len(initial_log_gains) != self.num_levels:
+        raise ValueError(f"initial_log_gains has {len(initial_log_gains)} values "
+                         f"for {self.num_levels} levels.")
+    self.initial_log_gains = initial_log_gains
+
+  def build(self, input_shape):
+    channels = int(tf.TensorShape(input_shape)[-1])
+    start = self.initial_log_gains or [0.0] * self.num_levels
+    self.log_gains = self.add_weight(
+        "log_gains", shape=(self.num_levels, channels), dtype=tf.float32,
+        initializer=tf.keras.initializers.Constant(
+            [[g] * channels for g in start]))
+    super().build(input_shape)
+
+  def gains(self, level):
+    """Gain vectors for `level` (scalar or [B]): [C] or [B, C]."""
+    level = tf.clip_by_value(tf.cast(level, tf.float32), 0.0,
+                             float(self.num_levels - 1))
+    lower = tf.minimum(tf.cast(tf.floor(level), tf.int32), self.num_levels - 2)
+    t = (level - tf.cast(lower, tf.float32))[..., None]
+    log_gains = ((1.0 - t) * tf.gather(self.log_gains, lower) +
+                 t * tf.gather(self.log_gains, lower + 1))
+    return tf.exp(log_gains)
+
+  def call(self, x, level):
+    gains = self.gains(level)
+    if gains.shape.rank == 2:
+      gains = gains[:, None, None, :]
+    return x * tf.cast(gains, x.dtype)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_levels=self.num_levels,
+                  initial_log_gains=self.initial_log_gains)
+    return config

@@ -2,9 +2,12 @@
 
     directory/
       model.json          architecture, hyper-parameters, frozen-table shapes,
-                          weights fingerprint, format version
+                          weights fingerprint, format version, weights storage
       weights.index       TF checkpoint of the weights and coding tables
       weights.data-*
+    or, saved with weights_dtype="float16" (the shipped zoo, half the size):
+      weights.npz         every codec variable in `codec_variables()` order,
+                          float weights as float16, coding tables as int32
 
 Why not Keras' own formats: with tfc 2.14, `.keras` files and
 `save_weights("*.weights.h5")` silently drop tfc's variables (the reloaded
@@ -26,6 +29,8 @@ from dpc_tf.models import registry
 
 MODEL_FILE = "model.json"
 WEIGHTS_PREFIX = "weights"
+NPZ_FILE = "weights.npz"
+WEIGHTS_DTYPES = ("float32", "float16")
 FORMAT = "dpc_tf.model"
 FORMAT_VERSION = 1
 
@@ -72,27 +77,59 @@ def _deployment_copy(model):
   return copy
 
 
-def save_model(model, directory, overwrite=False):
+def round_to_float16(model):
+  """A deployment copy of `model` whose weights are rounded to float16.
+
+  The coding tables are rebuilt from the rounded priors, so the copy is a
+  consistent codec of its own (with its own fingerprint): measure it, not
+  the float32 model, for what ships as float16.
+  """
+  if not model.is_frozen:
+    model.update()
+  copy = _deployment_copy(model)
+  for v in copy.trainable_variables:
+    v.assign(tf.cast(tf.cast(v, tf.float16), v.dtype))
+  copy.update()
+  return copy
+
+
+def save_model(model, directory, overwrite=False, weights_dtype="float32"):
   """Saves a trained model for `load_model`, `dpc` and export.
 
   Freezes the coding tables first if `update()` was never called. Writes to a
   temporary directory and renames it, so a crash never leaves half a model.
-  Returns the model's fingerprint.
+  `weights_dtype="float16"` stores `round_to_float16(model)` in half the
+  space (the zoo's format). Returns the saved model's fingerprint.
   """
   directory = os.fspath(directory)
+  if weights_dtype not in WEIGHTS_DTYPES:
+    raise ValueError(f"weights_dtype must be one of {WEIGHTS_DTYPES}, got "
+                     f"{weights_dtype!r}.")
   if os.path.exists(directory) and not overwrite:
     raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it.")
   if not model.is_frozen:
     model.update()
-  copy = _deployment_copy(model)
+  if weights_dtype == "float16":
+    copy = round_to_float16(model)
+  else:
+    copy = _deployment_copy(model)
   parent = os.path.dirname(os.path.abspath(directory))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".tmp-model-", dir=parent)
   try:
-    tf.train.Checkpoint(model=copy).write(os.path.join(tmp, WEIGHTS_PREFIX))
+    if weights_dtype == "float16":
+      arrays = {}
+      for i, v in enumerate(copy.codec_variables()):
+        value = v.numpy()
+        arrays[f"v{i:04d}"] = (value.astype(np.float16)
+                               if value.dtype == np.float32 else value)
+      np.savez_compressed(os.path.join(tmp, NPZ_FILE), **arrays)
+    else:
+      tf.train.Checkpoint(model=copy).write(os.path.join(tmp, WEIGHTS_PREFIX))
     meta = dict(format=FORMAT, format_version=FORMAT_VERSION,
                 architecture=model.architecture, config=model.get_config(),
-                frozen=copy.frozen_config(), fingerprint=fingerprint(copy))
+                frozen=copy.frozen_config(), fingerprint=fingerprint(copy),
+                weights_dtype=weights_dtype)
     with open(os.path.join(tmp, MODEL_FILE), "w") as f:
       json.dump(meta, f, indent=2, sort_keys=True)
     if os.path.exists(directory):
@@ -136,6 +173,38 @@ def load_model(directory):
   with layers.weights_to_be_restored():
     model = registry.create_model(meta["architecture"], **meta["config"])
   model.restore_frozen(meta["frozen"])
+  if meta.get("weights_dtype", "float32") == "float16":
+    _read_npz(model, directory, meta)
+  else:
+    _read_checkpoint(model, directory, meta)
+  actual = fingerprint(model)
+  if actual != meta["fingerprint"]:
+    raise ModelFileError(
+        f"Weights in {directory} have fingerprint {actual}, but model.json says "
+        f"{meta['fingerprint']}: the files are corrupt or from different models.")
+  return model
+
+
+def _read_npz(model, directory, meta):
+  path = os.path.join(directory, NPZ_FILE)
+  try:
+    with np.load(path, allow_pickle=False) as arrays:
+      values = [arrays[f"v{i:04d}"] for i in range(len(arrays.files))]
+  except (OSError, ValueError, KeyError) as e:
+    raise ModelFileError(f"{path} is missing or unreadable: {e}") from None
+  variables = model.codec_variables()
+  if len(values) != len(variables):
+    raise ModelFileError(f"{path} holds {len(values)} arrays; a "
+                         f"{meta['architecture']} model with config "
+                         f"{meta['config']} has {len(variables)} variables.")
+  for v, value in zip(variables, values):
+    if tuple(value.shape) != tuple(v.shape):
+      raise ModelFileError(f"{path}: {v.name} has shape {value.shape}, the model "
+                           f"expects {v.shape}.")
+    v.assign(value.astype(v.dtype.as_numpy_dtype))
+
+
+def _read_checkpoint(model, directory, meta):
   prefix = os.path.join(directory, WEIGHTS_PREFIX)
   if not tf.io.gfile.exists(prefix + ".index"):
     raise ModelFileError(f"{directory} has no weights ({WEIGHTS_PREFIX}.index).")
@@ -146,9 +215,3 @@ def load_model(directory):
     raise ModelFileError(
         f"Weights in {directory} do not fit a {meta['architecture']} model with "
         f"config {meta['config']}: {str(e).splitlines()[0]}") from None
-  actual = fingerprint(model)
-  if actual != meta["fingerprint"]:
-    raise ModelFileError(
-        f"Weights in {directory} have fingerprint {actual}, but model.json says "
-        f"{meta['fingerprint']}: the files are corrupt or from different models.")
-  return model

@@ -4,10 +4,10 @@
 (`<base>/<model name>/<integer version>/`):
 
     <base>/<name>/<version>/        "full": signatures
-                                      compress      image -> strings, image_shape
-                                      decompress    image_shape, strings -> image
-                                      latents       image -> latents
-                                      from_latents  latents, image_shape -> image
+                                      compress      image [, quality] -> strings, image_shape
+                                      decompress    image_shape, strings [, quality] -> image
+                                      latents       image [, quality] -> latents
+                                      from_latents  latents, image_shape [, quality] -> image
     <base>/<name>_core/<version>/   "core": latents and from_latents only
 
 Why two: the range coder is made of tensorflow-compression's custom ops, and
@@ -21,7 +21,8 @@ tfc's ops (see docs/train_export.md).
 Inputs and outputs: `image` is uint8 [H, W, 3]; `image_shape` int32 [2] (the
 height and width); each string (named as `model.string_names`, e.g. `z`, `y`)
 a scalar tf.string; `latents` float32 [1, h, w, channels]: the quantised
-latents the synthesis transform decodes.
+latents (what is entropy-coded). Variable-rate models take a float32 scalar
+`quality` too (in `quality_range` of their `dpc_model.json`).
 
 Each SavedModel carries `assets.extra/dpc_model.json`: architecture,
 hyper-parameters, weights fingerprint and signatures. It identifies the model
@@ -50,35 +51,6 @@ CORE_SIGNATURES = ("latents", "from_latents")
 
 
 # -- Export ------------------------------------------------------------------
-
-
-def _signature_functions(model):
-  """{signature name: tf.function} with named outputs, from `tf_functions()`."""
-  import tensorflow as tf
-  fns = model.tf_functions()
-  image = tf.TensorSpec([None, None, 3], tf.uint8, name="image")
-  shape = tf.TensorSpec([2], tf.int32, name="image_shape")
-  strings = [tf.TensorSpec([], tf.string, name=n) for n in model.string_names]
-  latents = tf.TensorSpec([1, None, None, None], tf.float32, name="latents")
-
-  @tf.function(input_signature=[image])
-  def compress(image):
-    return fns["compress"](image)
-
-  @tf.function(input_signature=[shape] + strings)
-  def decompress(image_shape, *strings):
-    return {"image": fns["decompress"](image_shape, *strings)}
-
-  @tf.function(input_signature=[image])
-  def latents_fn(image):
-    return {"latents": fns["latents"](image)}
-
-  @tf.function(input_signature=[latents, shape])
-  def from_latents(latents, image_shape):
-    return {"image": fns["from_latents"](latents, image_shape)}
-
-  return dict(compress=compress, decompress=decompress, latents=latents_fn,
-              from_latents=from_latents)
 
 
 def _read_saved_model_proto(directory):
@@ -159,7 +131,7 @@ def export_saved_models(model, full_dir, core_dir=None):
   """
   if not model.is_frozen:
     model.update()
-  functions = _signature_functions(model)
+  functions = model.tf_functions()
   concrete = {name: fn.get_concrete_function() for name, fn in functions.items()}
   base = dict(format=FORMAT, format_version=FORMAT_VERSION,
               architecture=model.architecture, config=model.get_config(),
@@ -359,6 +331,13 @@ def describe(path):
 # -- Running SavedModels ---------------------------------------------------------
 
 
+def _models_base_method(name):
+  def method(self, *args, **kwargs):
+    from dpc_tf.models import base  # pylint: disable=import-outside-toplevel
+    return getattr(base.CompressionModel, name)(self, *args, **kwargs)
+  return method
+
+
 class _ServedModel:
   """The part of a `CompressionModel` that `Codec` uses, over the signatures."""
 
@@ -371,17 +350,37 @@ class _ServedModel:
     self.architecture = info["architecture"]
     self.string_names = tuple(info["string_names"])
     self._config = dict(info["config"])
+    lmbdas = self._config.get("lmbdas")
+    self.lmbdas = tuple(lmbdas) if lmbdas else None
+    self.variable_rate = self.lmbdas is not None
+    self.quality_range = (1.0, float(len(lmbdas))) if lmbdas else None
 
   def get_config(self):
     return dict(self._config)
 
-  def compress_image(self, image):
-    import tensorflow as tf
-    return self._compress(image=tf.convert_to_tensor(image, tf.uint8))
+  # The same checks as a Python model's, so both refuse the same qualities.
+  check_quality = _models_base_method("check_quality")
 
-  def decompress_image(self, image_shape, *strings):
+  def _quality_inputs(self, quality):
     import tensorflow as tf
-    inputs = dict(zip(self.string_names, strings))
+    return {"quality": tf.constant(quality, tf.float32)} if self.variable_rate else {}
+
+  def compress_image(self, image, quality=None):
+    import tensorflow as tf
+    return self._compress(image=tf.convert_to_tensor(image, tf.uint8),
+                          **self._quality_inputs(quality))
+
+  def analyze_image(self, image):
+    # Rate control on a SavedModel re-runs the whole compress signature.
+    return image
+
+  def compress_analyzed(self, image, image_shape, quality=None):
+    del image_shape
+    return self.compress_image(image, quality)
+
+  def decompress_image(self, image_shape, *strings, quality=None):
+    import tensorflow as tf
+    inputs = dict(zip(self.string_names, strings), **self._quality_inputs(quality))
     return self._decompress(image_shape=tf.convert_to_tensor(image_shape, tf.int32),
                             **inputs)["image"]
 

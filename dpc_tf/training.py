@@ -8,8 +8,11 @@ public for scripts of your own:
 - `learning_rate_schedule(...)`: constant, cosine or step decay.
 - Callbacks: `TerminateOnNonFinite` (stops at the first NaN/Inf loss with an
   error that says what to do), `ValidationImages` (PSNR, MS-SSIM, LPIPS and
-  reconstructions of a few validation images in TensorBoard), `RunProgress`
-  (steps run by this process, for reports).
+  reconstructions of a few validation images in TensorBoard), `LearningCurve`
+  (bpp/PSNR/MS-SSIM/LPIPS of whole images at each quality vs steps and
+  CPU-hours, into a CSV), `RunProgress` (steps run by this process).
+- `init_weights(model, path)`: start from a trained model's weights (e.g. a
+  variable-rate model from a fixed-rate one, or `msssim` from `dpc`).
 - Resuming: `train` backs the run up every `checkpoint_every` steps with Keras'
   `BackupAndRestore` in `output_dir/backup`; running the same command again
   after a crash or kill restores weights, optimizer and the epoch/step
@@ -20,6 +23,7 @@ Layout of `output_dir`:
     model/             the trained model (dpc_tf.save_model: model.json + weights)
     flags.txt          the program's flags (reusable: --flagfile=flags.txt)
     run_summary.json   steps, final metrics, skipped images, fingerprint
+    learning_curve.csv with --curve_glob: metrics vs steps and CPU-hours
     logs/              TensorBoard: train/, validation/, val_images/
     backup/            while training: the latest backup (deleted at the end)
 """
@@ -28,7 +32,9 @@ import dataclasses
 import inspect
 import json
 import math
+import csv
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -335,6 +341,129 @@ class ValidationImages(tf.keras.callbacks.Callback):
       self._writer.close()
 
 
+class LearningCurve(tf.keras.callbacks.Callback):
+  """Appends whole-image metrics vs steps and CPU-hours to a CSV file.
+
+  Every `every` optimizer steps (and at the end), runs the model on `images`
+  at each of `qualities` (None for a fixed-rate model) and appends one row
+  per quality: step, cpu_hours, quality, bpp (estimated by the entropy
+  model, within ~1 % of the coded rate), psnr, msssim, msssim_db and lpips
+  (if an `lpips` metric is given), averaged over the images. CPU-hours are
+  this process's user+system time, added to the last row's when a run
+  resumes, so the curve spans sessions.
+  """
+
+  FIELDS = ("step", "cpu_hours", "quality", "bpp", "psnr", "msssim",
+            "msssim_db", "lpips")
+
+  def __init__(self, images, path, every, qualities=(None,), lpips=None):
+    super().__init__()
+    self.images = list(images)
+    self.path = path
+    self.every = int(every)
+    self.qualities = list(qualities)
+    self.lpips = lpips
+    self._cpu_offset = 0.0
+    self._last_step = None
+    if os.path.exists(path):
+      with open(path) as f:
+        rows = list(csv.DictReader(f))
+      if rows:
+        self._cpu_offset = float(rows[-1]["cpu_hours"])
+        self._last_step = int(rows[-1]["step"])
+    self._cpu_start = self._cpu_seconds()
+
+  @staticmethod
+  def _cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+  def cpu_hours(self):
+    return self._cpu_offset + (self._cpu_seconds() - self._cpu_start) / 3600.0
+
+  def measure(self, quality):
+    """{name: mean over the images} at one quality."""
+    values = []
+    for image in self.images:
+      x = tf.convert_to_tensor(image[None], tf.float32) / 255.0
+      x_hat, bits = self.model(x, training=False, quality=quality)
+      x_hat = tf.clip_by_value(x_hat, 0.0, 1.0)
+      decoded = tf.cast(tf.round(x_hat[0] * 255.0), tf.uint8).numpy()
+      msssim = float(perceptual.msssim(x, x_hat)[0])
+      row = dict(bpp=float(bits[0]) / (image.shape[0] * image.shape[1]),
+                 psnr=metrics.psnr(image, decoded), msssim=msssim,
+                 msssim_db=metrics.msssim_db(msssim))
+      if self.lpips is not None:
+        row["lpips"] = float(self.lpips(x, x_hat)[0])
+      values.append(row)
+    return {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+
+  def record(self):
+    step = int(self.model.optimizer.iterations.numpy())
+    if step == self._last_step or not self.images:
+      return
+    self._last_step = step
+    cpu_hours = self.cpu_hours()
+    rows = []
+    for quality in self.qualities:
+      row = dict(step=step, cpu_hours=round(cpu_hours, 4),
+                 quality="" if quality is None else quality)
+      row.update({k: round(v, 5) for k, v in self.measure(quality).items()})
+      rows.append(row)
+    new = not os.path.exists(self.path)
+    with open(self.path, "a", newline="") as f:
+      writer = csv.DictWriter(f, self.FIELDS, extrasaction="ignore")
+      if new:
+        writer.writeheader()
+      writer.writerows(rows)
+    logging.info("Learning curve at step %d (%.2f CPU-hours): %s", step,
+                 cpu_hours, "; ".join(
+                     f"q{r['quality']} {r['bpp']:.3f} bpp {r['psnr']:.2f} dB"
+                     + (f" lpips {r['lpips']:.3f}" if "lpips" in r else "")
+                     for r in rows))
+
+  def on_train_batch_end(self, batch, logs=None):
+    if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
+      self.record()
+
+  def on_train_end(self, logs=None):
+    self.record()
+
+
+def init_weights(model, path):
+  """Copies the weights of the saved model at `path` into `model`.
+
+  Variables are matched by name and shape: the transforms and priors of the
+  same architecture and sizes. Variables `model` has and the source lacks
+  (e.g. the gains when a variable-rate model starts from a fixed-rate one)
+  keep their initial values. Returns (copied, left) variable names; raises
+  `TrainingError` if a shape differs or nothing matches.
+  """
+  try:
+    source = saving.load_model(path)
+  except (OSError, ValueError) as e:
+    raise TrainingError(f"--init_from {path}: {e}") from None
+  if source.architecture != model.architecture:
+    raise TrainingError(f"--init_from {path} is a {source.architecture!r} model; "
+                        f"this run trains {model.architecture!r}.")
+  weights = {v.name: v for v in source.trainable_variables}
+  copied, left = [], []
+  for v in model.trainable_variables:
+    w = weights.get(v.name)
+    if w is None:
+      left.append(v.name)
+      continue
+    if w.shape != v.shape:
+      raise TrainingError(f"--init_from {path}: {v.name} has shape {w.shape} "
+                          f"there and {v.shape} here: use the same --num_filters, "
+                          "--latent_depth and --hyperprior_depth.")
+    v.assign(w)
+    copied.append(v.name)
+  if not copied:
+    raise TrainingError(f"--init_from {path}: no variable matches this model.")
+  return copied, left
+
+
 # -- Backups -----------------------------------------------------------------
 
 
@@ -367,7 +496,8 @@ class TrainConfig:
   hyperprior_depth: int = None
   num_slices: int = None
   # Loss.
-  lmbda: float = 0.01
+  lmbda: float = None            # None: the distortion's default λ.
+  lmbdas: tuple = ()             # A variable-rate model's λ (increasing).
   distortion: str = "mse"
   alpha: float = None            # dpc: weight of LPIPS (None: its default).
   lpips_trunk: str = "alex"
@@ -403,6 +533,10 @@ class TrainConfig:
   devices: tuple = ()
   cpu_devices: int = 0
   tpu: str = None
+  init_from: str = None          # A saved model (or run) to start from.
+  curve_glob: str = None         # Learning-curve images (whole).
+  curve_images: int = 4
+  curve_every: int = 1000        # Steps between learning-curve points.
   # Run.
   checkpoint_every: int = 1000   # Steps; 0: at the end of each epoch.
   log_every: int = 100           # Steps between TensorBoard scalars; 0: epochs.
@@ -428,6 +562,9 @@ def _check_config(config):
                         "globs of PNG/JPEG files) or --tfds_name.")
   if not config.output_dir:
     raise TrainingError("--output_dir is required.")
+  if config.lmbdas and config.lmbda is not None:
+    raise TrainingError("Give --lmbda (a fixed-rate model) or --lmbdas (a "
+                        "variable-rate model), not both.")
 
 
 def _model_hparams(config):
@@ -541,8 +678,11 @@ def train(config):
 
   total_steps = config.epochs * config.steps_per_epoch
   with strategy.scope():
+    hparams = _model_hparams(config)
     try:
-      model = registry.create_model(config.arch, **_model_hparams(config))
+      if config.lmbdas:
+        hparams["lmbdas"] = [float(l) for l in config.lmbdas]
+      model = registry.create_model(config.arch, **hparams)
     except ValueError as e:
       raise TrainingError(str(e)) from None
     distortion = make_distortion(config.distortion, alpha=config.alpha,
@@ -553,17 +693,26 @@ def train(config):
         decay_steps=config.lr_decay_steps,
         final_fraction=config.lr_final_fraction,
         boundaries=config.lr_boundaries, decay_factor=config.lr_decay_factor)
-    model.compile(optimizer=tf.keras.optimizers.Adam(schedule),
-                  distortion=distortion, lmbda=config.lmbda,
-                  quantization_proxy=config.quantization_proxy)
-  logging.info("Model %s %s; distortion %s; lambda %g.", config.arch,
-               model.get_config(), distortion.name, config.lmbda)
+    try:
+      model.compile(optimizer=tf.keras.optimizers.Adam(schedule),
+                    distortion=distortion, lmbda=config.lmbda,
+                    quantization_proxy=config.quantization_proxy)
+    except ValueError as e:
+      raise TrainingError(str(e)) from None
+  logging.info("Model %s %s; distortion %s; lambda %s.", config.arch,
+               model.get_config(), distortion.name,
+               model.lmbdas if model.variable_rate else model.lmbda)
 
   resumed = backup_state(backup_dir)
   if resumed:
     epoch, step = resumed
     logging.info("Resuming from the backup in %s (epoch %d, after step %d).",
                  backup_dir, epoch + 1, step + 1)
+  elif config.init_from:
+    copied, left = init_weights(model, config.init_from)
+    logging.info("Started from %s: %d variables copied; %d new (%s).",
+                 config.init_from, len(copied), len(left),
+                 ", ".join(left[:6]) + (" ..." if len(left) > 6 else ""))
   progress = RunProgress()
   callbacks = [
       # Before the backup: see its doc.
@@ -576,9 +725,22 @@ def train(config):
       progress,
   ]
   shown = _image_crops(val_images, config.val_image_size, config.val_images)
+  lpips = _lpips_metric(config) if chief and (shown or config.curve_glob) else None
   if shown and chief:
     callbacks.append(ValidationImages(
-        shown, os.path.join(log_dir, "val_images"), lpips=_lpips_metric(config)))
+        shown, os.path.join(log_dir, "val_images"), lpips=lpips))
+  if config.curve_glob and chief:
+    curve_images, skipped = data.read_validation_images(config.curve_glob)
+    for path, reason in skipped:
+      logging.warning("Skipped learning-curve image %s: %s", path, reason)
+    qualities = ([float(q) for q in range(1, len(model.lmbdas) + 1)]
+                 if model.variable_rate else [None])
+    callbacks.append(LearningCurve(
+        # Whole images, cut to the analysis transform's stride.
+        [im[:im.shape[0] // 16 * 16, :im.shape[1] // 16 * 16]
+         for im in curve_images[:config.curve_images]],
+        os.path.join(output_dir, "learning_curve.csv"), config.curve_every,
+        qualities=qualities, lpips=lpips))
 
   model.fit(tf.keras.utils.experimental.DatasetCreator(dataset_fn),
             epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,

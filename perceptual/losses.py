@@ -2,8 +2,11 @@
 
 Every distortion is a `tf.keras.losses.Loss` that maps two NHWC batches in
 [0, 1] to one value per image (shape [batch]); the codec's `train_step` forms
-λ·bpp + distortion per image and averages over the global batch itself, which
-keeps gradients right under `tf.distribute`. `components()` names the terms a
+bpp + λ · lmbda_scale · distortion per image (the convention of tfc and
+CompressAI) and averages over the global batch itself, which keeps gradients
+right under `tf.distribute`. `lmbda_scale` is 255² for MSE, so the λ that
+CompressAI publishes per quality mean the same here; `default_lmbda` is a
+mid-rate λ for each distortion. `components()` names the terms a
 loss is made of, so training can log each of them.
 
 Build one by name with `get_distortion("msssim")`; a user's own loss is any
@@ -68,6 +71,10 @@ class Distortion(tf.keras.losses.Loss):
   """Base class: per-image distortion of NHWC images in [0, 1]."""
 
   registered_name = None
+  # The loss is bpp + lmbda * lmbda_scale * distortion.
+  lmbda_scale = 1.0
+  # A mid-rate λ (about 0.3-0.5 bpp on Kodak for a hyperprior model).
+  default_lmbda = 1.0
 
   def __init__(self, name=None, **kwargs):
     kwargs.setdefault("reduction", tf.keras.losses.Reduction.NONE)
@@ -89,7 +96,15 @@ class Distortion(tf.keras.losses.Loss):
 
 @register_distortion("mse")
 class MSE(Distortion):
-  """Mean squared error per image, on the [0, 1] scale."""
+  """Mean squared error per image, on the [0, 1] scale.
+
+  In the loss it is weighed on the 0-255 scale (λ · 255² · MSE), as in
+  CompressAI, whose λ for qualities 1-8 are 0.0018, 0.0035, 0.0067, 0.0130,
+  0.0250, 0.0483, 0.0932, 0.1800.
+  """
+
+  lmbda_scale = 255.0 ** 2
+  default_lmbda = 0.0130
 
   def call(self, x, x_hat):
     x = check_images(x, "x")
@@ -99,7 +114,13 @@ class MSE(Distortion):
 
 @register_distortion("msssim")
 class MSSSIM(Distortion):
-  """1 - MS-SSIM per image; see `perceptual.msssim` for small images."""
+  """1 - MS-SSIM per image; see `perceptual.msssim` for small images.
+
+  CompressAI's λ for qualities 1-8: 2.40, 4.58, 8.73, 16.64, 31.73, 60.50,
+  115.37, 220.0.
+  """
+
+  default_lmbda = 16.64
 
   def call(self, x, x_hat):
     x = check_images(x, "x")
@@ -120,6 +141,10 @@ class LPIPSLoss(Distortion):
     weights_path: LPIPS weights file (or its directory); default
       $DPC_LPIPS_WEIGHTS. See docs/lpips.md.
   """
+
+  # LPIPS falls about 6x faster with the rate than 1 - MS-SSIM does at
+  # 0.3-0.5 bpp, so a mid-rate λ is that much smaller.
+  default_lmbda = 3.0
 
   def __init__(self, trunk="alex", weights_path=None, name=None, **kwargs):
     super().__init__(name=name, **kwargs)
@@ -156,6 +181,8 @@ class DPCLoss(Distortion):
     weights_path: LPIPS weights file (or its directory); default
       $DPC_LPIPS_WEIGHTS.
   """
+
+  default_lmbda = 5.0
 
   def __init__(self, alpha=0.5, trunk="alex", weights_path=None, name=None,
                **kwargs):

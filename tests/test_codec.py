@@ -87,9 +87,28 @@ def test_foreign_files_and_versions(codec, encoded):
   with pytest.raises(container.BitstreamError, match="magic"):
     codec.decode(b"")
   newer = bytearray(data)
-  newer[4] = 2
-  with pytest.raises(container.BitstreamError, match="version 2"):
+  newer[4] = 3
+  with pytest.raises(container.BitstreamError, match="version 3.*upgrade"):
     codec.decode(bytes(newer))
+
+
+def _as_version_1(data):
+  """A format-2 stream of a fixed-rate model rewritten as format 1 (no quality)."""
+  import struct
+  import zlib
+  name_len = data[5]
+  quality_at = 6 + name_len + 4 + 8 + 9
+  assert struct.unpack(">f", data[quality_at:quality_at + 4]) == (0.0,)
+  body = bytearray(data[:quality_at] + data[quality_at + 4:-4])
+  body[4] = 1
+  return bytes(body) + struct.pack(">I", zlib.crc32(body))
+
+
+def test_format_1_files_still_decode(codec, encoded):
+  image, data = encoded
+  old = _as_version_1(data)
+  assert container.unpack(old).header.quality == 0.0
+  np.testing.assert_array_equal(codec.decode(old), codec.decode(data))
 
 
 def test_stream_from_another_model_is_refused(tiny_models, encoded):

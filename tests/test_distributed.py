@@ -39,8 +39,10 @@ def test_one_step_on_two_replicas_equals_one_step_on_one_device():
   """Loss scaling: the same SGD update from 2 replicas as from 1 device.
 
   The rate term uses random noise, which differs between one device and two
-  replicas, so lmbda is 0 here; the scaling under test (the average over the
-  global batch) applies to the whole per-image loss.
+  replicas, so the distortion is weighed 1e8 times the rate and the learning
+  rate scaled down as much: the rate's share of the step is ~1e-8. The scaling
+  under test (the average over the global batch) applies to the whole
+  per-image loss.
   """
   script = textwrap.dedent("""
       import json
@@ -66,8 +68,8 @@ def test_one_step_on_two_replicas_equals_one_step_on_one_device():
 
       def one_step(model, strategy, batches):
         with strategy.scope():
-          model.compile(optimizer=tf.keras.optimizers.SGD(0.5),
-                        distortion="mse", lmbda=0.0)
+          model.compile(optimizer=tf.keras.optimizers.SGD(0.5e-8),
+                        distortion="mse", lmbda=1e8 / 255**2)
         model.make_train_function()(iter(batches))
         return [v.numpy() for v in model.trainable_variables]
 

@@ -32,7 +32,7 @@ def test_dpc_loss_falls_when_training_a_tiny_codec(tmp_path):
   model.compile(optimizer=tf.keras.optimizers.Adam(1e-3),
                 distortion=perceptual.DPCLoss(alpha=0.5, trunk="alex",
                                               weights_path=weights),
-                lmbda=0.01)
+                lmbda=5.0)
   before = model.evaluate(dataset, return_dict=True, verbose=0)
   history = model.fit(dataset.repeat(), epochs=4, steps_per_epoch=10,
                       verbose=0).history

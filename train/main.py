@@ -39,8 +39,16 @@ flags.DEFINE_integer("hyperprior_depth", None,
 flags.DEFINE_integer("num_slices", None,
                      "Channel slices of the joint model's context model.")
 # -- Loss
-flags.DEFINE_float("lmbda", 0.01,
-                   "Weight of the rate: the loss per image is lmbda*bpp + distortion.")
+flags.DEFINE_float("lmbda", None,
+                   "The loss per image is bpp + lmbda * distortion, with MSE on "
+                   "the 0-255 scale as in CompressAI (whose lambda per quality "
+                   "carry over). Default: the distortion's (mse 0.013, msssim "
+                   "16.64, lpips 3, dpc 5).")
+flags.DEFINE_list("lmbdas", [],
+                  "A variable-rate model: its lambdas, increasing (e.g. "
+                  "0.0018,0.0035,0.0067,0.013,0.025,0.0483 for mse); each "
+                  "image trains at one of them, and the model codes at any "
+                  "quality from 1 (the first) to their number.")
 flags.DEFINE_string("distortion", "mse",
                     "Distortion: mse, msssim (1 - MS-SSIM), lpips, or dpc "
                     "(alpha*LPIPS + (1 - alpha)*(1 - MS-SSIM)).")
@@ -72,6 +80,11 @@ flags.DEFINE_float("lr_final_fraction", 0.01,
 flags.DEFINE_list("lr_boundaries", [], "step: the steps at which to decay.")
 flags.DEFINE_float("lr_decay_factor", 0.1, "step: factor applied at each boundary.")
 flags.DEFINE_integer("seed", None, "Seed of weights, crops and shuffles.")
+flags.DEFINE_string("init_from", None,
+                    "Start from this saved model's weights (a model directory "
+                    "or a dpc-train output directory), e.g. a variable-rate "
+                    "model from a fixed-rate one, or msssim fine-tuning from "
+                    "dpc. Ignored when the run resumes from its backup.")
 # -- Data
 flags.DEFINE_string("train_glob", None,
                     "Training images: comma-separated folders (searched "
@@ -99,6 +112,12 @@ flags.DEFINE_integer("val_images", 4,
                      "logged to TensorBoard each epoch.")
 flags.DEFINE_integer("val_image_size", 256,
                      "Side of the central crop of those images.")
+flags.DEFINE_string("curve_glob", None,
+                    "Learning-curve images (folders or globs), e.g. a few Kodak "
+                    "images: output_dir/learning_curve.csv gets bpp, PSNR, "
+                    "MS-SSIM and LPIPS at each quality vs steps and CPU-hours.")
+flags.DEFINE_integer("curve_images", 4, "Images of the learning curve.")
+flags.DEFINE_integer("curve_every", 1000, "Steps between learning-curve points.")
 flags.DEFINE_list("imports", [],
                   "Modules to import first: they may register architectures, "
                   "distortions or TFDS datasets.")

@@ -1,11 +1,15 @@
-"""Our learned codecs in `dpc eval`: one named family, one model per setting.
+"""Our learned codecs in `dpc eval`: one named family, one setting per rate.
 
-A family is a list of trained models of the same kind at different
-rate-distortion trade-offs (one per λ); each model path is one setting, as a
-quality index is for JPEG. A path is anything `dpc_tf.load_codec` opens (a
-model directory written by `dpc_tf.save_model`, or an exported SavedModel).
+A family is a list of settings, as quality indexes are for JPEG: each is a
+model path (a fixed-rate model trained at one λ), or `PATH@Q`, a
+variable-rate model at quality Q. A variable-rate model given without `@Q`
+is evaluated at each of its trained qualities (1, 2, ..., N). A path is
+anything `dpc_tf.load_codec` opens (a model directory written by
+`dpc_tf.save_model`, or an exported SavedModel), or `zoo:NAME` for a model
+of the shipped zoo.
 """
 
+import json
 import os
 
 import numpy as np
@@ -28,40 +32,99 @@ class ModelCodec(Codec):
   learned = True
 
   def __init__(self, name, paths, loader=None):
-    super().__init__(name, [os.path.normpath(str(path)) for path in paths])
+    settings = []
+    for spec in paths:
+      spec = str(spec)
+      if "@" in spec or loader is not None:
+        settings.append(self.parse_setting(spec))
+        continue
+      qualities = trained_qualities(spec)
+      if qualities:
+        settings += [f"{self.parse_setting(spec)}@{q:g}" for q in qualities]
+      else:
+        settings.append(self.parse_setting(spec))
+    super().__init__(name, settings)
     self._loader = loader
     self._loaded_path = None
     self._codec = None
 
   def parse_setting(self, text):
-    return os.path.normpath(text)
+    path, at, quality = str(text).partition("@")
+    path = path if path.startswith("zoo:") else os.path.normpath(path)
+    if at:
+      try:
+        return f"{path}@{float(quality):g}"
+      except ValueError:
+        raise ValueError(f"Bad model setting {text!r}: the quality after @ must "
+                         "be a number.") from None
+    return path
+
+  @staticmethod
+  def _split(setting):
+    path, at, quality = setting.partition("@")
+    return path, (float(quality) if at else None)
 
   def setting_key(self, setting):
     return str(setting)
 
   def prepare(self, setting):
     # One model in memory at a time: the evaluation codes every image at one
-    # setting before moving to the next.
-    if self._loaded_path == setting:
+    # setting before moving to the next (qualities of one model share it).
+    path, _ = self._split(setting)
+    if self._loaded_path == path:
       return
     self._codec, self._loaded_path = None, None
     if self._loader is None:
-      if not os.path.exists(setting):
-        raise FileNotFoundError(f"model path {setting!r} of codec {self.name!r} does not exist.")
       import dpc_tf
-      self._codec = dpc_tf.load_codec(setting)
+      if path.startswith("zoo:"):
+        self._codec = dpc_tf.zoo.load_codec(path[4:])
+      elif not os.path.exists(path):
+        raise FileNotFoundError(f"model path {path!r} of codec {self.name!r} does not exist.")
+      else:
+        self._codec = dpc_tf.load_codec(path)
     else:
-      self._codec = self._loader(setting)
-    self._loaded_path = setting
+      self._codec = self._loader(path)
+    self._loaded_path = path
 
   def encode(self, image, setting):
     self.prepare(setting)
-    return bytes(self._codec.encode(np.ascontiguousarray(image)))
+    _, quality = self._split(setting)
+    extra = {} if quality is None else {"quality": quality}
+    return bytes(self._codec.encode(np.ascontiguousarray(image), **extra))
 
   def decode(self, data, setting):
     self.prepare(setting)
     return np.asarray(self._codec.decode(data))
 
   def describe(self):
-    return (f"learned codec family ({len(self.settings)} model(s) via dpc_tf.load_codec), "
-            "setting = model path")
+    return (f"learned codec family ({len(self.settings)} setting(s) via dpc_tf.load_codec), "
+            "setting = model path[@quality]")
+
+
+def trained_qualities(path):
+  """[1, 2, ..., N] for a variable-rate model at `path`, else None.
+
+  Reads the model's description only (no TensorFlow): `model.json` of a model
+  directory, `dpc_model.json` of an exported SavedModel, or the zoo's.
+  """
+  path = str(path)
+  if path.startswith("zoo:"):
+    from dpc_tf import zoo  # pylint: disable=import-outside-toplevel
+    path = zoo.model_dir(path[4:])
+  candidates = [os.path.join(path, "model.json"),
+                os.path.join(path, "model", "model.json"),
+                os.path.join(path, "assets.extra", "dpc_model.json")]
+  if os.path.isdir(path):
+    versions = [d for d in os.listdir(path) if d.isdigit()]
+    if versions:
+      top = max(versions, key=int)
+      candidates.append(os.path.join(path, top, "assets.extra", "dpc_model.json"))
+  for candidate in candidates:
+    if os.path.isfile(candidate):
+      try:
+        with open(candidate) as f:
+          lmbdas = json.load(f).get("config", {}).get("lmbdas")
+      except (OSError, ValueError):
+        return None
+      return [float(q) for q in range(1, len(lmbdas) + 1)] if lmbdas else None
+  return None

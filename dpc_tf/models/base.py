@@ -3,27 +3,52 @@
 A model is a Keras `Model` whose `call(x, training)` returns the reconstruction
 and the estimated bits of each image. Training minimises, per image,
 
-    lmbda * bpp + distortion(x, x_hat)
+    bpp + λ · distortion(x, x_hat)
 
-averaged over the global batch, so `tf.distribute` (which sums gradients over
-replicas) applies the same update as one device with the same global batch.
+as tfc and CompressAI write it (MSE on the 0-255 scale, so their published λ
+mean the same here; see `perceptual.Distortion.lmbda_scale`), averaged over the
+global batch, so `tf.distribute` (which sums gradients over replicas) applies
+the same update as one device with the same global batch.
+
+Variable rate: a model built with `lmbdas=(λ_1, ..., λ_N)` learns per-channel
+gain vectors on its latents and hyper-latents for each λ (Cui et al. 2021,
+`layers.ChannelGains`) and trains with a λ drawn per image. It then codes at
+any `quality` in [1, N]: quality i is λ_i, and qualities in between
+interpolate the gains, so one model covers the whole rate range.
 
 Before compressing, `update()` freezes the range-coding tables from the trained
 priors (CompressAI's `update()`); they are saved with the weights, because
 computing them again takes seconds.
 
-Subclasses implement `_forward`, `_compress`, `_decompress` and `_latents`, and
-name their entropy-coded strings in `string_names`.
+Subclasses implement `_forward`, `_compress_latents`, `_decompress` and
+`_latents` (each takes the rate `level`, and applies `_gain_*`/`_ungain_*` to
+what it entropy-codes), `_layer_input_channels`, `_priors` and `get_config`,
+and name their entropy-coded strings in `string_names`.
 """
 
 import math
+
+import numpy as np
 
 import tensorflow as tf
 import tensorflow_compression as tfc
 
 import perceptual
+from dpc_tf import layers
+from dpc_tf.container import QualityError
 
 QUANTIZATION_PROXIES = ("ste", "noise")
+
+
+def _check_lmbdas(lmbdas):
+  if lmbdas is None:
+    return None
+  lmbdas = tuple(float(l) for l in lmbdas)
+  if len(lmbdas) < 2 or any(not l > 0 for l in lmbdas) or list(lmbdas) != sorted(
+      set(lmbdas)):
+    raise ValueError("lmbdas of a variable-rate model must be at least two "
+                     f"distinct positive values in increasing order; got {lmbdas}.")
+  return lmbdas
 
 
 class CompressionModel(tf.keras.Model):
@@ -34,11 +59,12 @@ class CompressionModel(tf.keras.Model):
   stride = 16
 
   def __init__(self, num_scales=64, scale_min=0.11, scale_max=256.0,
-               name=None, **kwargs):
+               lmbdas=None, name=None, **kwargs):
     super().__init__(name=name or self.architecture, **kwargs)
     self.num_scales = int(num_scales)
     self.scale_min = float(scale_min)
     self.scale_max = float(scale_max)
+    self.lmbdas = _check_lmbdas(lmbdas)
     self.lmbda = None
     self.distortion = None
     self.quantization_proxy = "ste"
@@ -50,8 +76,15 @@ class CompressionModel(tf.keras.Model):
     Keras' `build()` and a forward pass on a dummy image both cost seconds for
     a large model, which `dpc` would pay at each start.
     """
-    for layer, channels in self._layer_input_channels():
-      layer.build(tf.TensorShape([None, None, None, channels]))
+    channels = self._layer_input_channels()
+    if self.variable_rate:
+      channels += self._make_gains()
+    for layer, depth in channels:
+      # In the layer's name scope, as Keras's __call__ would build it: unique
+      # variable names (analysis/conv_0/kernel_real), which `init_weights`
+      # matches on.
+      with tf.name_scope(layer.name):
+        layer.build(tf.TensorShape([None, None, None, depth]))
     self.built = True
 
   def _layer_input_channels(self):
@@ -61,8 +94,11 @@ class CompressionModel(tf.keras.Model):
   # -- Configuration ---------------------------------------------------------
 
   def get_config(self):
-    return dict(num_scales=self.num_scales, scale_min=self.scale_min,
-                scale_max=self.scale_max)
+    config = dict(num_scales=self.num_scales, scale_min=self.scale_min,
+                  scale_max=self.scale_max)
+    if self.variable_rate:
+      config["lmbdas"] = list(self.lmbdas)
+    return config
 
   @classmethod
   def from_config(cls, config):
@@ -70,7 +106,7 @@ class CompressionModel(tf.keras.Model):
 
   @property
   def string_names(self):
-    """Names of the entropy-coded strings, in the order `_compress` returns."""
+    """Names of the entropy-coded strings, in the order `_compress_latents` returns."""
     raise NotImplementedError
 
   def _scale_fn(self, index):
@@ -89,6 +125,97 @@ class CompressionModel(tf.keras.Model):
     return tfc.LocationScaleIndexedEntropyModel(
         tfc.NoisyNormal, self.num_scales, self._scale_fn, coding_rank=3,
         compression=compression)
+
+  # -- Variable rate ---------------------------------------------------------
+
+  @property
+  def variable_rate(self):
+    return self.lmbdas is not None
+
+  @property
+  def quality_range(self):
+    """(lowest, highest) quality of a variable-rate model; None if fixed-rate."""
+    return (1.0, float(len(self.lmbdas))) if self.variable_rate else None
+
+  def _make_gains(self):
+    """Creates the gain layers; returns [(layer, channels)] to build."""
+    # Start from gains a pre-trained fixed-rate model would want: for MSE the
+    # best quantisation step scales as 1/sqrt(λ), so gain ∝ sqrt(λ) around
+    # the middle λ. Training then refines every channel.
+    middle = math.sqrt(self.lmbdas[0] * self.lmbdas[-1])
+    start = [0.5 * math.log(l / middle) for l in self.lmbdas]
+    n = len(self.lmbdas)
+    self.latent_gains = layers.ChannelGains(n, start, name="latent_gains")
+    self.latent_inverse_gains = layers.ChannelGains(
+        n, [-g for g in start], name="latent_inverse_gains")
+    built = [(self.latent_gains, self.latent_depth),
+             (self.latent_inverse_gains, self.latent_depth)]
+    if getattr(self, "hyperprior_depth", None):
+      self.hyper_gains = layers.ChannelGains(n, name="hyper_gains")
+      self.hyper_inverse_gains = layers.ChannelGains(n, name="hyper_inverse_gains")
+      built += [(self.hyper_gains, self.hyperprior_depth),
+                (self.hyper_inverse_gains, self.hyperprior_depth)]
+    return built
+
+  def _gain_latents(self, y, level):
+    return self.latent_gains(y, level) if self.variable_rate else y
+
+  def _ungain_latents(self, y_hat, level):
+    return self.latent_inverse_gains(y_hat, level) if self.variable_rate else y_hat
+
+  def _gain_hyper_latents(self, z, level):
+    return self.hyper_gains(z, level) if self.variable_rate else z
+
+  def _ungain_hyper_latents(self, z_hat, level):
+    return self.hyper_inverse_gains(z_hat, level) if self.variable_rate else z_hat
+
+  def check_quality(self, quality):
+    """The float32 quality that will be coded (or 0.0 for fixed-rate models).
+
+    Raises `QualityError` naming the value and the valid range. The value is
+    rounded to float32 here because the bitstream stores it so: the decoder
+    must use exactly the encoder's gains.
+    """
+    if not self.variable_rate:
+      if quality is not None:
+        raise QualityError(
+            f"The {self.architecture!r} model is fixed-rate: it codes at one "
+            f"rate, so quality={quality} cannot be used. Train a variable-rate "
+            "model (dpc-train --lmbdas=...) or use a zoo model.")
+      return 0.0
+    low, high = self.quality_range
+    if quality is None:
+      raise QualityError(f"This variable-rate model needs a quality in "
+                         f"[{low:g}, {high:g}] (or a target bpp).")
+    q = float(np.float32(quality))
+    if not low <= q <= high:
+      raise QualityError(f"quality {quality} is outside this model's trained "
+                         f"range [{low:g}, {high:g}].")
+    return q
+
+  def _level(self, quality):
+    """Quality tensor -> rate level (0-based), or None for fixed-rate models."""
+    if isinstance(quality, (int, float, np.floating, np.integer)) or quality is None:
+      # A Python value: refuse it here with the valid range named.
+      quality = self.check_quality(quality)
+    if not self.variable_rate:
+      return None
+    quality = tf.convert_to_tensor(quality, tf.float32)
+    low, high = self.quality_range
+    checks = [tf.debugging.assert_greater_equal(
+                  quality, low, message="quality below the trained range"),
+              tf.debugging.assert_less_equal(
+                  quality, high, message="quality above the trained range")]
+    with tf.control_dependencies(checks):
+      return quality - 1.0
+
+  def lmbda_at(self, quality):
+    """λ a variable-rate model was trained for at `quality` (interpolated)."""
+    level = self.check_quality(quality) - 1.0
+    i = min(int(math.floor(level)), len(self.lmbdas) - 2)
+    t = level - i
+    return math.exp((1 - t) * math.log(self.lmbdas[i]) +
+                    t * math.log(self.lmbdas[i + 1]))
 
   # -- Range-coding tables ---------------------------------------------------
 
@@ -170,18 +297,29 @@ class CompressionModel(tf.keras.Model):
 
   # -- Training --------------------------------------------------------------
 
-  def call(self, x, training=False):
-    """Returns (x_hat, bits per image) for a batch x in [0, 1]."""
-    return self._forward(x, training)
+  def call(self, x, training=False, quality=None):
+    """Returns (x_hat, bits per image) for a batch x in [0, 1].
 
-  def compile(self, optimizer="adam", distortion="mse", lmbda=0.01,
+    `quality`: for a variable-rate model, a scalar or one value per image
+    (float, in `quality_range`); None for fixed-rate models.
+    """
+    level = None if quality is None else tf.cast(quality, tf.float32) - 1.0
+    if self.variable_rate and level is None:
+      raise QualityError("A variable-rate model needs quality= (scalar or one "
+                         "per image) in model(x, quality=...).")
+    return self._forward(x, training, level)
+
+  def compile(self, optimizer="adam", distortion="mse", lmbda=None,
               quantization_proxy="ste", **kwargs):
     """Configures training.
 
     Args:
       optimizer: a Keras optimizer.
       distortion: a `perceptual.Distortion` or the name of a registered one.
-      lmbda: weight of the rate: the loss per image is lmbda*bpp + distortion.
+      lmbda: the loss per image is bpp + lmbda · distortion · scale, where
+        scale is the distortion's `lmbda_scale` (255² for MSE, as CompressAI).
+        None: the distortion's `default_lmbda`. Variable-rate models take
+        no lmbda here: they train each image at one of their `lmbdas`.
       quantization_proxy: what the synthesis transform sees while training:
         "ste" (rounding with straight-through gradients, as Minnen & Singh
         2020) or "noise" (additive uniform noise, as Ballé et al.). The rate
@@ -191,11 +329,18 @@ class CompressionModel(tf.keras.Model):
     if quantization_proxy not in QUANTIZATION_PROXIES:
       raise ValueError(f"quantization_proxy must be one of {QUANTIZATION_PROXIES},"
                        f" got {quantization_proxy!r}.")
-    if not lmbda >= 0:
-      raise ValueError(f"lmbda must be >= 0, got {lmbda}.")
+    distortion = perceptual.get_distortion(distortion)
+    if self.variable_rate:
+      if lmbda is not None:
+        raise ValueError(f"This variable-rate model trains at its lmbdas "
+                         f"{list(self.lmbdas)}; do not pass lmbda={lmbda}.")
+    else:
+      lmbda = distortion.default_lmbda if lmbda is None else float(lmbda)
+      if not lmbda > 0:
+        raise ValueError(f"lmbda must be > 0, got {lmbda}.")
     super().compile(optimizer=optimizer, **kwargs)
-    self.lmbda = float(lmbda)
-    self.distortion = perceptual.get_distortion(distortion)
+    self.lmbda = lmbda
+    self.distortion = distortion
     self.quantization_proxy = quantization_proxy
     names = ["loss", "bpp", "distortion", "mse", "psnr"]
     self._metric_names = names
@@ -206,7 +351,22 @@ class CompressionModel(tf.keras.Model):
     trackers = getattr(self, "_trackers", None)
     return list(trackers.values()) if trackers else []
 
-  def _terms(self, x, x_hat, bits):
+  def _batch_qualities(self, x, training):
+    """(qualities [B] or None, λ per image [B] or a scalar) for a batch."""
+    if not self.variable_rate:
+      return None, tf.constant(self.lmbda, tf.float32)
+    batch = tf.shape(x)[0]
+    n = len(self.lmbdas)
+    if training:
+      # One trained level per image, uniformly: every gain vector learns in
+      # every step (Cui et al. train on the discrete levels).
+      levels = tf.random.uniform([batch], 0, n, dtype=tf.int32)
+    else:
+      levels = tf.range(batch) % n  # Deterministic for validation.
+    lmbdas = tf.gather(tf.constant(self.lmbdas, tf.float32), levels)
+    return tf.cast(levels, tf.float32) + 1.0, lmbdas
+
+  def _terms(self, x, x_hat, bits, lmbda):
     """Per-image loss and every reported term, each of shape [batch]."""
     num_pixels = tf.cast(tf.reduce_prod(tf.shape(x)[1:-1]), bits.dtype)
     bpp = bits / num_pixels
@@ -215,8 +375,8 @@ class CompressionModel(tf.keras.Model):
     mse = tf.reduce_mean(
         tf.math.squared_difference(x, tf.clip_by_value(x_hat, 0.0, 1.0)),
         axis=(1, 2, 3))
-    terms = dict(loss=self.lmbda * bpp + distortion, bpp=bpp,
-                 distortion=distortion, mse=mse,
+    loss = bpp + lmbda * self.distortion.lmbda_scale * distortion
+    terms = dict(loss=loss, bpp=bpp, distortion=distortion, mse=mse,
                  psnr=-10.0 * tf.math.log(tf.maximum(mse, 1e-10)) / math.log(10.0))
     if len(components) > 1:
       terms.update({k: tf.cast(v, tf.float32) for k, v in components.items()})
@@ -237,9 +397,10 @@ class CompressionModel(tf.keras.Model):
 
   def train_step(self, x):
     self._check_compiled()
+    qualities, lmbda = self._batch_qualities(x, training=True)
     with tf.GradientTape() as tape:
-      x_hat, bits = self(x, training=True)
-      terms = self._terms(x, x_hat, bits)
+      x_hat, bits = self(x, training=True, quality=qualities)
+      terms = self._terms(x, x_hat, bits, lmbda)
       # Mean over the global batch: tf.distribute sums replicas' gradients.
       loss = tf.nn.compute_average_loss(terms["loss"])
     self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
@@ -247,8 +408,9 @@ class CompressionModel(tf.keras.Model):
 
   def test_step(self, x):
     self._check_compiled()
-    x_hat, bits = self(x, training=False)
-    return self._report(self._terms(x, x_hat, bits))
+    qualities, lmbda = self._batch_qualities(x, training=False)
+    x_hat, bits = self(x, training=False, quality=qualities)
+    return self._report(self._terms(x, x_hat, bits, lmbda))
 
   def predict_step(self, x):
     raise NotImplementedError(
@@ -283,20 +445,35 @@ class CompressionModel(tf.keras.Model):
     x_hat = x_hat[0, :image_shape[0], :image_shape[1], :]
     return tf.saturate_cast(tf.round(x_hat * 255.0), tf.uint8)
 
-  def compress_image(self, image):
+  def analyze_image(self, image):
+    """uint8 [H, W, 3] -> the analysis transform's output (before any gain).
+
+    The costly half of encoding; `compress_analyzed` codes it at a quality,
+    so rate control runs the transform once and re-codes only.
+    """
+    return self.analysis_transform(
+        self._pad(tf.convert_to_tensor(image, tf.uint8)))
+
+  def compress_analyzed(self, y, image_shape, quality=None):
+    """`analyze_image`'s output -> {string name: scalar string, "image_shape"}."""
+    self._require_frozen()
+    strings = self._compress_latents(y, self._level(quality))
+    outputs = {name: s[0] for name, s in zip(self.string_names, strings)}
+    outputs["image_shape"] = tf.convert_to_tensor(image_shape, tf.int32)
+    return outputs
+
+  def compress_image(self, image, quality=None):
     """uint8 [H, W, 3] -> {string name: scalar string, "image_shape": int32 [2]}.
 
+    `quality`: in `quality_range` for a variable-rate model, None otherwise.
     Runs eagerly when called eagerly: for one image that is faster than
     tracing a graph; `tf_functions()` has the graph versions for export.
     """
-    self._require_frozen()
     image = tf.convert_to_tensor(image, tf.uint8)
-    strings = self._compress(self._pad(image))
-    outputs = {name: s[0] for name, s in zip(self.string_names, strings)}
-    outputs["image_shape"] = tf.shape(image)[:2]
-    return outputs
+    return self.compress_analyzed(self.analyze_image(image),
+                                  tf.shape(image)[:2], quality)
 
-  def decompress_image(self, image_shape, *strings):
+  def decompress_image(self, image_shape, *strings, quality=None):
     """(int32 [2] image shape, strings in `string_names` order) -> uint8 [H, W, 3]."""
     self._require_frozen()
     if len(strings) != len(self.string_names):
@@ -304,56 +481,87 @@ class CompressionModel(tf.keras.Model):
                        f"strings ({', '.join(self.string_names)}), got {len(strings)}.")
     image_shape = tf.convert_to_tensor(image_shape, tf.int32)
     x_hat = self._decompress([tf.reshape(s, [1]) for s in strings],
-                             self._padded_shape(image_shape))
+                             self._padded_shape(image_shape),
+                             self._level(quality))
     return self._to_image(x_hat, image_shape)
 
-  def image_latents(self, image):
-    """uint8 [H, W, 3] -> the quantised latents the synthesis decodes.
+  def image_latents(self, image, quality=None):
+    """uint8 [H, W, 3] -> the quantised latents (what is entropy-coded).
 
     Uses core TensorFlow ops only (no range coding), so it runs where tfc's
     custom ops are not available, e.g. stock TF Serving.
     """
-    return self._latents(self._pad(tf.convert_to_tensor(image, tf.uint8)))
+    return self._latents(self._pad(tf.convert_to_tensor(image, tf.uint8)),
+                         self._level(quality))
 
-  def image_from_latents(self, latents, image_shape):
+  def image_from_latents(self, latents, image_shape, quality=None):
     """Quantised latents and int32 [2] image shape -> uint8 [H, W, 3]; core ops only."""
-    return self._to_image(self.synthesis_transform(latents),
-                          tf.convert_to_tensor(image_shape, tf.int32))
+    x_hat = self.synthesis_transform(
+        self._ungain_latents(latents, self._level(quality)))
+    return self._to_image(x_hat, tf.convert_to_tensor(image_shape, tf.int32))
 
   def tf_functions(self):
     """The compression methods as `tf.function`s with input signatures.
 
-    {"compress", "decompress", "latents", "from_latents"}: what SavedModel
-    export traces. They compute the same bits and pixels as the eager methods.
+    {"compress", "decompress", "latents", "from_latents"}, each returning a
+    dict of named outputs: the SavedModel signatures `serving.export` writes.
+    They compute the same bits and pixels as the eager methods. A
+    variable-rate model's functions take a float32 `quality` last.
     """
     self._require_frozen()
     image = tf.TensorSpec([None, None, 3], tf.uint8, name="image")
     shape = tf.TensorSpec([2], tf.int32, name="image_shape")
     strings = [tf.TensorSpec([], tf.string, name=n) for n in self.string_names]
     latents = tf.TensorSpec([1, None, None, None], tf.float32, name="latents")
+    quality = ([tf.TensorSpec([], tf.float32, name="quality")]
+               if self.variable_rate else [])
+    n = len(self.string_names)
+
+    def optional_quality(args):
+      return args[0] if args else None
+
+    def compress(image, *q):
+      return self.compress_image(image, optional_quality(q))
+
+    def decompress(image_shape, *args):
+      return {"image": self.decompress_image(
+          image_shape, *args[:n], quality=optional_quality(args[n:]))}
+
+    def latents_fn(image, *q):
+      return {"latents": self.image_latents(image, optional_quality(q))}
+
+    def from_latents(latents, image_shape, *q):
+      return {"image": self.image_from_latents(latents, image_shape,
+                                               optional_quality(q))}
+
     return dict(
-        compress=tf.function(self.compress_image, input_signature=[image]),
-        decompress=tf.function(self.decompress_image,
-                               input_signature=[shape] + strings),
-        latents=tf.function(self.image_latents, input_signature=[image]),
-        from_latents=tf.function(self.image_from_latents,
-                                 input_signature=[latents, shape]))
+        compress=tf.function(compress, input_signature=[image] + quality),
+        decompress=tf.function(decompress,
+                               input_signature=[shape] + strings + quality),
+        latents=tf.function(latents_fn, input_signature=[image] + quality),
+        from_latents=tf.function(from_latents,
+                                 input_signature=[latents, shape] + quality))
 
   # -- For subclasses ----------------------------------------------------------
 
-  def _forward(self, x, training):
+  # `level` is the 0-based rate level (a float scalar, or one per image in
+  # training) of a variable-rate model, None for fixed-rate ones; pass it to
+  # the `_gain_*` / `_ungain_*` methods around what is entropy-coded.
+
+  def _forward(self, x, training, level):
+    """x [B, H, W, 3] -> (x_hat, bits [B])."""
     raise NotImplementedError
 
-  def _compress(self, x):
-    """Padded [1, H, W, 3] in [0, 1] -> list of [1] strings (string_names order)."""
+  def _compress_latents(self, y, level):
+    """Analysis output [1, h, w, C] -> list of [1] strings (string_names order)."""
     raise NotImplementedError
 
-  def _decompress(self, strings, padded_shape):
+  def _decompress(self, strings, padded_shape, level):
     """List of [1] strings and int32 [2] padded size -> x_hat [1, H, W, 3]."""
     raise NotImplementedError
 
-  def _latents(self, x):
-    """Padded [1, H, W, 3] -> quantised latents (what the synthesis decodes)."""
+  def _latents(self, x, level):
+    """Padded [1, H, W, 3] -> quantised latents (before the inverse gains)."""
     raise NotImplementedError
 
   def _bottleneck(self, em, value, *indexes, training, loc=None):

@@ -44,18 +44,18 @@ class FactorizedCodec(CompressionModel):
   def _priors(self):
     return {"y": self.prior}
 
-  def _forward(self, x, training):
+  def _forward(self, x, training, level):
     em = self._batched_entropy_model(self.prior)
-    y = self.analysis_transform(x)
+    y = self._gain_latents(self.analysis_transform(x), level)
     y_hat, bits = self._bottleneck(em, y, training=training)
-    return self.synthesis_transform(y_hat), bits
+    return self.synthesis_transform(self._ungain_latents(y_hat, level)), bits
 
-  def _compress(self, x):
-    return [self.frozen_y.compress(self.analysis_transform(x))]
+  def _compress_latents(self, y, level):
+    return [self.frozen_y.compress(self._gain_latents(y, level))]
 
-  def _decompress(self, strings, padded_shape):
+  def _decompress(self, strings, padded_shape, level):
     y_hat = self.frozen_y.decompress(strings[0], padded_shape // 16)
-    return self.synthesis_transform(y_hat)
+    return self.synthesis_transform(self._ungain_latents(y_hat, level))
 
-  def _latents(self, x):
-    return tf.round(self.analysis_transform(x))
+  def _latents(self, x, level):
+    return tf.round(self._gain_latents(self.analysis_transform(x), level))

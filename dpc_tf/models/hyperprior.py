@@ -65,49 +65,54 @@ class HyperpriorCodec(CompressionModel):
   def _uses_indexed_model(self):
     return True
 
-  def _entropy_parameters(self, z_hat, y_shape):
+  def _entropy_parameters(self, z_hat, y_shape, level):
     """Hyper-synthesis output -> (scale indexes, means or None).
 
     Cropped to the latents' size: when a side is not a multiple of 64 (as in
     some training crops), upsampling z overshoots y.
     """
-    params = self.hyper_synthesis_transform(z_hat)[:, :y_shape[0], :y_shape[1]]
+    params = self.hyper_synthesis_transform(
+        self._ungain_hyper_latents(z_hat, level))[:, :y_shape[0], :y_shape[1]]
     if self.predicts_means:
       indexes, means = tf.split(params, 2, axis=-1)
       return indexes, means
     return params, None
 
-  def _forward(self, x, training):
+  def _hyper_latents(self, y, level):
+    return self._gain_hyper_latents(self.hyper_analysis_transform(y), level)
+
+  def _forward(self, x, training, level):
     em_z = self._batched_entropy_model(self.hyperprior)
     em_y = self._indexed_entropy_model()
-    y = self.analysis_transform(x)
-    z = self.hyper_analysis_transform(y)
+    y = self._gain_latents(self.analysis_transform(x), level)
+    z = self._hyper_latents(y, level)
     z_hat, z_bits = self._bottleneck(em_z, z, training=training)
-    indexes, means = self._entropy_parameters(z_hat, tf.shape(y)[1:3])
+    indexes, means = self._entropy_parameters(z_hat, tf.shape(y)[1:3], level)
     y_hat, y_bits = self._bottleneck(em_y, y, indexes, loc=means,
                                      training=training)
-    return self.synthesis_transform(y_hat), y_bits + z_bits
+    return (self.synthesis_transform(self._ungain_latents(y_hat, level)),
+            y_bits + z_bits)
 
-  def _compress(self, x):
-    y = self.analysis_transform(x)
-    z = self.hyper_analysis_transform(y)
+  def _compress_latents(self, y, level):
+    y = self._gain_latents(y, level)
+    z = self._hyper_latents(y, level)
     indexes, means = self._entropy_parameters(self.frozen_z.quantize(z),
-                                              tf.shape(y)[1:3])
+                                              tf.shape(y)[1:3], level)
     return [self.frozen_z.compress(z),
             self.frozen_indexed.compress(y, indexes, loc=means)]
 
-  def _decompress(self, strings, padded_shape):
+  def _decompress(self, strings, padded_shape, level):
     z_hat = self.frozen_z.decompress(strings[0], padded_shape // self.stride)
-    indexes, means = self._entropy_parameters(z_hat, padded_shape // 16)
+    indexes, means = self._entropy_parameters(z_hat, padded_shape // 16, level)
     y_hat = self.frozen_indexed.decompress(strings[1], indexes, loc=means)
-    return self.synthesis_transform(y_hat)
+    return self.synthesis_transform(self._ungain_latents(y_hat, level))
 
-  def _latents(self, x):
-    y = self.analysis_transform(x)
+  def _latents(self, x, level):
+    y = self._gain_latents(self.analysis_transform(x), level)
     if not self.predicts_means:
       return tf.round(y)
-    z_hat = tf.round(self.hyper_analysis_transform(y))
-    _, means = self._entropy_parameters(z_hat, tf.shape(y)[1:3])
+    z_hat = tf.round(self._hyper_latents(y, level))
+    _, means = self._entropy_parameters(z_hat, tf.shape(y)[1:3], level)
     return tf.round(y - means) + means
 
 

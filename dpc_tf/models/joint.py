@@ -94,13 +94,14 @@ class ChannelwiseContextCodec(CompressionModel):
   def _uses_indexed_model(self):
     return True
 
-  def _slices(self, z_hat, y_shape, code_slice):
+  def _slices(self, z_hat, y_shape, level, code_slice):
     """Runs the context model slice by slice; returns the decoded latents.
 
     `code_slice(i, scale_indexes, means)` returns slice i quantised (before
     LRP): from the latents when encoding or training, from the bit string
     when decoding.
     """
+    z_hat = self._ungain_hyper_latents(z_hat, level)
     latent_means = self.hyper_synthesis_mean(z_hat)[:, :y_shape[0], :y_shape[1]]
     latent_scales = self.hyper_synthesis_scale(z_hat)[:, :y_shape[0], :y_shape[1]]
     decoded = []
@@ -116,11 +117,14 @@ class ChannelwiseContextCodec(CompressionModel):
       decoded.append(y_hat + 0.5 * tf.math.tanh(lrp))
     return tf.concat(decoded, axis=-1)
 
-  def _forward(self, x, training):
+  def _hyper_latents(self, y, level):
+    return self._gain_hyper_latents(self.hyper_analysis_transform(y), level)
+
+  def _forward(self, x, training, level):
     em_z = self._batched_entropy_model(self.hyperprior)
     em_y = self._indexed_entropy_model()
-    y = self.analysis_transform(x)
-    z = self.hyper_analysis_transform(y)
+    y = self._gain_latents(self.analysis_transform(x), level)
+    z = self._hyper_latents(y, level)
     z_hat, z_bits = self._bottleneck(em_z, z, training=training)
     y_slices = tf.split(y, self.num_slices, axis=-1)
     bits = [z_bits]
@@ -131,12 +135,13 @@ class ChannelwiseContextCodec(CompressionModel):
       bits.append(slice_bits)
       return y_hat
 
-    y_hat = self._slices(z_hat, tf.shape(y)[1:3], code_slice)
-    return self.synthesis_transform(y_hat), tf.add_n(bits)
+    y_hat = self._slices(z_hat, tf.shape(y)[1:3], level, code_slice)
+    return (self.synthesis_transform(self._ungain_latents(y_hat, level)),
+            tf.add_n(bits))
 
-  def _compress(self, x):
-    y = self.analysis_transform(x)
-    z = self.hyper_analysis_transform(y)
+  def _compress_latents(self, y, level):
+    y = self._gain_latents(y, level)
+    z = self._hyper_latents(y, level)
     y_slices = tf.split(y, self.num_slices, axis=-1)
     strings = [self.frozen_z.compress(z)]
 
@@ -145,25 +150,25 @@ class ChannelwiseContextCodec(CompressionModel):
                                                   loc=means))
       return self.frozen_indexed.quantize(y_slices[i], loc=means)
 
-    self._slices(self.frozen_z.quantize(z), tf.shape(y)[1:3], code_slice)
+    self._slices(self.frozen_z.quantize(z), tf.shape(y)[1:3], level, code_slice)
     return strings
 
-  def _decompress(self, strings, padded_shape):
+  def _decompress(self, strings, padded_shape, level):
     z_hat = self.frozen_z.decompress(strings[0], padded_shape // self.stride)
 
     def code_slice(i, scale_indexes, means):
       return self.frozen_indexed.decompress(strings[1 + i], scale_indexes,
                                             loc=means)
 
-    y_hat = self._slices(z_hat, padded_shape // 16, code_slice)
-    return self.synthesis_transform(y_hat)
+    y_hat = self._slices(z_hat, padded_shape // 16, level, code_slice)
+    return self.synthesis_transform(self._ungain_latents(y_hat, level))
 
-  def _latents(self, x):
-    y = self.analysis_transform(x)
-    z_hat = tf.round(self.hyper_analysis_transform(y))
+  def _latents(self, x, level):
+    y = self._gain_latents(self.analysis_transform(x), level)
+    z_hat = tf.round(self._hyper_latents(y, level))
     y_slices = tf.split(y, self.num_slices, axis=-1)
 
     def code_slice(i, scale_indexes, means):
       return tf.round(y_slices[i] - means) + means
 
-    return self._slices(z_hat, tf.shape(y)[1:3], code_slice)
+    return self._slices(z_hat, tf.shape(y)[1:3], level, code_slice)

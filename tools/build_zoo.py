@@ -1,0 +1,219 @@
+r"""Builds a zoo entry from a training run: float16 weights, Kodak results, model card.
+
+    python tools/build_zoo.py --name mse --run /work/runs/vr_mse \
+        --kodak ../shared/data/kodak --eval_dir results/zoo_eval
+
+Takes the run's final model (`run/model`) or, while it still trains, its
+latest backup; stores it as float16 in `dpc_tf/zoo/models/<name>/`; evaluates
+*what ships* with `dpc eval` on Kodak next to JPEG 4:2:0, JPEG 2000 and HEVC
+4:4:4 (points shared across entries in --eval_dir, so classical codecs are
+coded once); and writes `card.json` and `README.md`: architecture, λ per
+quality, training data, steps, CPU-hours, learning curve, Kodak figures per
+quality, BD-rates, per-image figures that `tests/test_zoo.py` recomputes,
+and the fingerprint.
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+ANCHORS = ("jpeg420", "jpeg2000", "hevc444")
+CHECK_IMAGES = ("kodim04.png", "kodim14.png", "kodim23.png")
+TRAINING_DATA = ("../shared/data/train: 1 679 photographs (BSDS500, ImageNet, "
+                 "Urban100, Sun-Hays80, DIV-like wallpapers, McMaster, Set5/14, "
+                 "DICM/LIME); research-use terms, see its SOURCES.md. Never Kodak.")
+
+
+def read_flags(run_dir):
+  flags = {}
+  with open(os.path.join(run_dir, "flags.txt")) as f:
+    for line in f:
+      name, _, value = line.strip().lstrip("-").partition("=")
+      if name:
+        flags[name] = value
+  return flags
+
+
+def load_run_model(run_dir):
+  """(model, optimizer steps, source) from the run's final model or backup."""
+  import tensorflow as tf
+  import dpc_tf
+  from dpc_tf import layers
+  final = os.path.join(run_dir, "model")
+  if os.path.isdir(final):
+    with open(os.path.join(run_dir, "run_summary.json")) as f:
+      steps = json.load(f)["optimizer_steps"]
+    return dpc_tf.load_model(final), steps, "final model"
+  flags = read_flags(run_dir)
+  hparams = {k: int(flags[k]) for k in ("num_filters", "latent_depth",
+                                        "hyperprior_depth", "num_slices")
+             if flags.get(k)}
+  if flags.get("lmbdas"):
+    hparams["lmbdas"] = [float(l) for l in flags["lmbdas"].split(",")]
+  with layers.weights_to_be_restored():
+    model = dpc_tf.create_model(flags["arch"], **hparams)
+  latest = tf.train.latest_checkpoint(os.path.join(run_dir, "backup", "chief"))
+  if latest is None:
+    raise SystemExit(f"{run_dir} has neither model/ nor a backup.")
+  optimizer = tf.keras.optimizers.Adam()
+  ckpt = tf.train.Checkpoint(model=model)
+  ckpt.read(latest).expect_partial()
+  reader = tf.train.load_checkpoint(latest)
+  steps = int(reader.get_tensor(
+      "model/optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE"))
+  del optimizer
+  model.update()
+  return model, steps, f"backup {os.path.basename(latest)}"
+
+
+def learning_curve(run_dir):
+  path = os.path.join(run_dir, "learning_curve.csv")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+            for row in csv.DictReader(f)]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--name", required=True)
+  parser.add_argument("--run", required=True, help="dpc-train output directory")
+  parser.add_argument("--kodak", default=os.path.join(REPO, "..", "shared", "data", "kodak"))
+  parser.add_argument("--eval_dir", default=os.path.join(REPO, "results", "zoo_eval"))
+  parser.add_argument("--notes", default="", help="text for the card (e.g. how it was trained)")
+  parser.add_argument("--init_from", default=None, help="what the run started from")
+  parser.add_argument("--no_eval", action="store_true",
+                      help="write weights and card without the Kodak evaluation")
+  args = parser.parse_args()
+
+  import dpc_tf
+  from dpc_tf import saving, zoo
+  from dpc_tf.evaluation import cli as eval_cli, report
+  from dpc_tf.evaluation.metrics import Metrics
+  from dpc_tf.evaluation.runner import evaluate, read_points
+
+  model, steps, source = load_run_model(args.run)
+  target = os.path.join(zoo.MODELS_DIR, args.name)
+  fingerprint = saving.save_model(model, target, overwrite=True,
+                                  weights_dtype="float16")
+  shipped = dpc_tf.load_model(target)
+  print(f"Saved {args.name} ({source}, {steps} steps) as float16: "
+        f"fingerprint {fingerprint}")
+  flags = read_flags(args.run)
+  curve = learning_curve(args.run)
+  card = dict(
+      name=args.name, architecture=shipped.architecture, config=shipped.get_config(),
+      distortion=flags.get("distortion"), alpha=flags.get("alpha") or None,
+      lpips_trunk=flags.get("lpips_trunk"),
+      lmbda_per_quality={str(q + 1): l for q, l in enumerate(shipped.lmbdas)},
+      quality_range=list(shipped.quality_range), fingerprint=fingerprint,
+      weights="float16 (weights.npz); figures measured on these weights",
+      training=dict(data=TRAINING_DATA, steps=steps, source=source,
+                    patch_size=int(flags.get("patch_size", 0)),
+                    batch_size=int(flags.get("batch_size", 0)),
+                    learning_rate=float(flags.get("learning_rate", 0)),
+                    init_from=args.init_from,
+                    cpu_hours=(curve[-1]["cpu_hours"] if curve else None),
+                    hardware="2 CPU cores (x86-64, AVX-512), no GPU"),
+      learning_curve=curve, notes=args.notes)
+
+  if not args.no_eval:
+    images = eval_cli.expand_images([args.kodak])
+    codecs = eval_cli.build_codecs(",".join(ANCHORS), [], [f"{args.name}=zoo:{args.name}"])
+    # Points of an older build of this entry are stale: drop them first.
+    points_path = os.path.join(args.eval_dir, "points.csv")
+    if os.path.exists(points_path):
+      kept = [p for p in read_points(points_path) if p["codec"] != args.name]
+      with open(points_path) as f:
+        header = f.readline().strip().split(",")
+      with open(points_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, header, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(kept)
+    summary = evaluate(images, codecs, args.eval_dir, metrics=Metrics(),
+                       anchor="jpeg420")
+    rows = summary["rows"]
+    metrics = [m for m in ("psnr", "msssim_db", "lpips")
+               if any(r.get(m) is not None for r in rows)]
+    card["kodak"] = dict(
+        images=len(images),
+        per_quality=[{k: r.get(k) for k in ("setting", "bpp", "psnr", "msssim",
+                                             "msssim_db", "lpips")}
+                     for r in rows if r["codec"] == args.name],
+        bd_rate={anchor: {m: report.bd_rates(rows, anchor, [m])[m][args.name]
+                          for m in metrics} for anchor in ANCHORS})
+    points = [p for p in read_points(points_path) if p["codec"] == args.name
+              and os.path.basename(p["image"]) in CHECK_IMAGES]
+    card["check_points"] = sorted(
+        [dict(image=os.path.basename(p["image"]),
+              quality=float(p["setting"].rpartition("@")[2]),
+              num_bytes=int(p["num_bytes"]), psnr=float(p["psnr"]),
+              msssim=float(p["msssim"]),
+              lpips=float(p["lpips"]) if p.get("lpips") not in ("", None) else None)
+         for p in points], key=lambda p: (p["image"], p["quality"]))
+  with open(os.path.join(target, zoo.CARD_FILE), "w") as f:
+    json.dump(card, f, indent=2, sort_keys=True)
+  with open(os.path.join(target, "README.md"), "w") as f:
+    f.write(card_markdown(card))
+  print(card_markdown(card))
+
+
+def _fmt(value, digits=3):
+  return "–" if value is None else f"{value:.{digits}f}"
+
+
+def card_markdown(card):
+  lines = [f"# Zoo model `{card['name']}`", "",
+           f"{card['architecture']} {card['config']}, trained on "
+           f"**{card['distortion']}**"
+           + (f" (α {card['alpha']}, LPIPS-{card['lpips_trunk']})"
+              if card["distortion"] == "dpc" else "")
+           + f"; fingerprint `{card['fingerprint']}`.", "",
+           f"Training: {card['training']['steps']} steps of batch "
+           f"{card['training']['batch_size']} × {card['training']['patch_size']}² crops, "
+           f"{_fmt(card['training']['cpu_hours'], 2)} CPU-hours on "
+           f"{card['training']['hardware']}"
+           + (f", started from {card['training']['init_from']}"
+              if card["training"]["init_from"] else "") + ". "
+           f"Data: {card['training']['data']}", ""]
+  if card.get("notes"):
+    lines += [card["notes"], ""]
+  if "kodak" in card:
+    lines += [f"Kodak ({card['kodak']['images']} images), coded with the shipped float16 weights:", "",
+              "| quality | λ | bpp | PSNR dB | MS-SSIM | MS-SSIM dB | LPIPS |",
+              "|---|---|---|---|---|---|---|"]
+    for row in card["kodak"]["per_quality"]:
+      q = row["setting"].rpartition("@")[2]
+      lines.append(f"| {q} | {card['lmbda_per_quality'].get(q, '')} | {_fmt(row['bpp'])} | "
+                   f"{_fmt(row['psnr'], 2)} | {_fmt(row['msssim'], 4)} | "
+                   f"{_fmt(row['msssim_db'], 2)} | {_fmt(row['lpips'])} |")
+    lines += ["", "BD-rate (negative: fewer bits at equal quality):", "",
+              "| against | PSNR | MS-SSIM dB | LPIPS |", "|---|---|---|---|"]
+    for anchor, results in card["kodak"]["bd_rate"].items():
+      cells = []
+      for m in ("psnr", "msssim_db", "lpips"):
+        r = results.get(m)
+        value = None if r is None else r.get("bd_rate")
+        cells.append("–" if value is None or value != value else f"{value:+.1f}%")
+      lines.append(f"| {anchor} | " + " | ".join(cells) + " |")
+  curve = card.get("learning_curve") or []
+  if curve:
+    lines += ["", "Learning curve (Kodak images of --curve_glob, estimated bpp):", "",
+              "| step | CPU-hours | quality | bpp | PSNR dB | MS-SSIM dB | LPIPS |",
+              "|---|---|---|---|---|---|---|"]
+    for row in curve:
+      lines.append(f"| {int(row['step'])} | {_fmt(row['cpu_hours'], 2)} | "
+                   f"{_fmt(row['quality'], 0)} | {_fmt(row['bpp'])} | {_fmt(row['psnr'], 2)} | "
+                   f"{_fmt(row['msssim_db'], 2)} | {_fmt(row.get('lpips'))} |")
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  main()
