@@ -85,14 +85,14 @@ def test_plan_is_balanced_randomized_and_reproducible(made, tmp_path):
   stimuli = {s["id"]: s for s in manifest["stimuli"]}
   tests = [t for t in manifest["trials"] if t["kind"] == "test"]
   pairs = collections.Counter(
-      (t["image"], t["target_bpp"], frozenset((stimuli[t["a"]]["codec"], stimuli[t["b"]]["codec"])))
-      for t in tests)
+      (t["image"], t["target_bpp"],
+       frozenset((stimuli[t["a"]]["codec"], stimuli[t["b"]]["codec"]))) for t in tests)
   assert len(pairs) == 3 * len(TARGETS) * 3 and set(pairs.values()) == {1}
   for number in range(4):
     sequence = study_lib.rater_sequence(manifest, number)
     assert sorted(s.trial_id for s in sequence) == sorted(t["id"] for t in manifest["trials"])
-    a_left = sum(s.left == manifest_trial["a"] for s in sequence
-                 for manifest_trial in [next(t for t in manifest["trials"] if t["id"] == s.trial_id)])
+    trials = {t["id"]: t for t in manifest["trials"]}
+    a_left = sum(s.left == trials[s.trial_id]["a"] for s in sequence)
     assert abs(2 * a_left - len(sequence)) <= 1
   assert ([s.trial_id for s in study_lib.rater_sequence(manifest, 0)]
           != [s.trial_id for s in study_lib.rater_sequence(manifest, 1)])
@@ -385,7 +385,8 @@ def test_report_holds_exactly_the_answers_and_screens_raters(made, tmp_path):
   summary = report.make_report(made["folder"], path, out, samples=200)
   total = _count(conn)
   assert summary["answers"] == total == 4 * len(study.trials)
-  assert summary["simulated"] and report.SIMULATED_BANNER in open(os.path.join(out, "report.md")).read()
+  with open(os.path.join(out, "report.md")) as f:
+    assert summary["simulated"] and report.SIMULATED_BANNER in f.read()
   raters = {r["rater"]: r for r in summary["raters"]}
   assert not raters[label]["kept"] and "sentinel accuracy 0.00" in raters[label]["reason"]
   assert sum(r["kept"] for r in raters.values()) == 3
@@ -412,8 +413,10 @@ def test_cli_create_report_and_errors(made, tmp_path, capsys):
                    "jpeg420,webp", "--bpp", "1.0", "--raters", "2", "--no-progress"]) == 0
   out = capsys.readouterr()
   assert out.out.count("/s/") == 2 and "rater-2" in out.out
-  invites = open(os.path.join(folder, "invites.csv")).read().splitlines()
-  assert len(invites) == 3 and oct(os.stat(os.path.join(folder, "invites.csv")).st_mode)[-3:] == "600"
+  with open(os.path.join(folder, "invites.csv")) as f:
+    invites = f.read().splitlines()
+  assert len(invites) == 3
+  assert os.stat(os.path.join(folder, "invites.csv")).st_mode & 0o777 == 0o600
   assert cli.main(["study", "invite", folder, "-n", "1", "--base-url", "https://x.org/st"]) == 0
   assert "rater-3: https://x.org/st/s/" in capsys.readouterr().out
   assert cli.main(["study", "simulate", folder, "--attentive", "1", "--inattentive", "0"]) == 0

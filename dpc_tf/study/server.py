@@ -93,8 +93,9 @@ def create_app(study_folder, db_path, title="Image comparison"):
     nonce = flask.g.get("nonce")
     if nonce:
       response.headers["Content-Security-Policy"] = (
-          f"default-src 'none'; img-src 'self' data:; connect-src 'self'; style-src 'nonce-{nonce}'; "
-          f"script-src 'nonce-{nonce}'; base-uri 'none'; form-action 'none'; "
+          f"default-src 'none'; img-src 'self' data:; connect-src 'self'; "
+          f"style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; base-uri 'none'; "
+          "form-action 'none'; "
           "frame-ancestors 'none'")
     return response
 
