@@ -10,9 +10,9 @@ JOBS   ?= 2
 
 .PHONY: demo test test-fast test-reference bench clean
 
-$(STAMP): setup.py pyproject.toml requirements/base.txt requirements/test.txt requirements/eval.txt requirements/constraints.txt
+$(STAMP): setup.py pyproject.toml requirements/base.txt requirements/test.txt requirements/eval.txt requirements/study.txt requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e ".[test,eval]"
+	$(PIP) -e ".[test,eval,study]"
 	touch $@
 
 demo: $(STAMP)

@@ -36,7 +36,10 @@ setuptools.setup(
     extras_require={
         "eval": _requirements("eval.txt"),
         "test": _requirements("test.txt"),
+        "study": _requirements("study.txt"),
     },
+    # The study app's page (HTML, CSS, JS) ships inside the package.
+    package_data={"dpc_tf.study": ["web/*"]},
     entry_points={
         "console_scripts": [
             "dpc=dpc_tf.cli:main",

@@ -24,6 +24,8 @@ _PLUGIN_VERBS = {
              "compress images with our models and classical codecs; RD curves"),
     "lpips-convert": ("perceptual.convert",
                       "convert official LPIPS checkpoints to a Keras weights file"),
+    "study": ("dpc_tf.study.cli",
+              "a 2AFC human study of codecs: create, serve (web app), report"),
 }
 
 MODEL_ENV = "DPC_MODEL"
