@@ -70,6 +70,11 @@ class Codec:
     """(lowest, highest) quality of a variable-rate model, else None."""
     return self.model.quality_range
 
+  @property
+  def supports_rate_control(self):
+    """Whether `encode(bpp=...)` works: variable-rate models only."""
+    return bool(self.model.variable_rate)
+
   def _split(self, image):
     """(RGB uint8 image, zlib alpha bytes, header fields) of a checked image."""
     image = images.check_image(image)
