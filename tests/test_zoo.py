@@ -1,0 +1,77 @@
+"""The shipped model zoo: loads, matches its cards, and its figures hold."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import dpc_tf
+from dpc_tf import zoo
+
+KODAK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     "..", "shared", "data", "kodak")
+EXPECTED = {"dpc", "msssim", "mse"}
+
+
+def test_the_zoo_ships_its_three_models_within_budget():
+  assert set(zoo.list_models()) == EXPECTED
+  size = sum(os.path.getsize(os.path.join(root, name))
+             for root, _, names in os.walk(zoo.MODELS_DIR) for name in names)
+  assert size <= 80 * 2**20, f"the zoo is {size / 2**20:.1f} MB"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_model_loads_and_matches_its_card(name):
+  card = zoo.model_card(name)
+  model = zoo.load_model(name)
+  assert model.variable_rate
+  assert card["architecture"] == model.architecture
+  assert card["config"] == model.get_config()
+  assert card["quality_range"] == list(model.quality_range)
+  assert card["distortion"] == name
+  for key in ("training", "lmbda_per_quality", "fingerprint"):
+    assert card[key]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_card_figures_are_what_the_shipped_weights_give(name):
+  if not os.path.isdir(KODAK):
+    pytest.skip(f"Kodak images not found at {KODAK} (../shared/data/kodak)")
+  card = zoo.model_card(name)
+  if not card.get("check_points"):
+    pytest.fail(f"the card of {name!r} has no check points: rebuild it with "
+                "tools/build_zoo.py")
+  from dpc_tf import images, metrics
+  codec = zoo.load_codec(name)
+  lpips = None
+  for point in card["check_points"][::2]:
+    image = images.read_image(os.path.join(KODAK, point["image"]))
+    data = codec.encode(image, quality=point["quality"])
+    decoded = codec.decode(data)
+    # Same machine kind: the same bytes (a little slack for another CPU's
+    # rounding of the entropy model's indexes).
+    assert abs(len(data) - point["num_bytes"]) <= 0.005 * point["num_bytes"]
+    assert metrics.psnr(image, decoded) == pytest.approx(point["psnr"], abs=0.02)
+    assert metrics.msssim(image, decoded) == pytest.approx(point["msssim"], abs=1e-3)
+    if point.get("lpips") is not None:
+      import perceptual
+      lpips = lpips or perceptual.LPIPS("alex")
+      x = np.asarray(image, np.float32)[None] / 255
+      y = np.asarray(decoded, np.float32)[None] / 255
+      assert float(lpips(x, y)[0]) == pytest.approx(point["lpips"], abs=2e-3)
+
+
+def test_a_damaged_zoo_model_is_refused(tmp_path, monkeypatch):
+  name = sorted(zoo.list_models())[0]
+  shutil.copytree(zoo.MODELS_DIR, tmp_path / "models")
+  monkeypatch.setattr(zoo, "MODELS_DIR", str(tmp_path / "models"))
+  weights = tmp_path / "models" / name / "weights.npz"
+  arrays = dict(np.load(weights))
+  arrays["v0000"] = arrays["v0000"] + np.float16(0.01)
+  np.savez_compressed(weights, **arrays)
+  with pytest.raises(zoo.ZooError, match="damaged"):
+    zoo.load_model(name)
+  with pytest.raises(zoo.ZooError, match="No zoo model 'nope'"):
+    zoo.load_model("nope")
