@@ -16,26 +16,22 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
+from dpc_tf import files
 from dpc_tf import layers
+from dpc_tf.files import MODEL_FILE, ModelFileError  # pylint: disable=unused-import
 from dpc_tf.models import registry
 
-MODEL_FILE = "model.json"
 WEIGHTS_PREFIX = "weights"
 FORMAT = "dpc_tf.model"
 FORMAT_VERSION = 1
 
 
-class ModelFileError(ValueError):
-  """A model directory is missing, incomplete or does not match its weights."""
-
-
 def config_hash(architecture, config):
-  """Short hash of an architecture and its hyper-parameters."""
+  """First 8 hex digits of the SHA-256 of the JSON [architecture, config]."""
   canonical = json.dumps([architecture, config], sort_keys=True,
                          separators=(",", ":"))
   return hashlib.sha256(canonical.encode()).hexdigest()[:8]
@@ -79,15 +75,15 @@ def save_model(model, directory, overwrite=False):
   temporary directory and renames it, so a crash never leaves half a model.
   Returns the model's fingerprint.
   """
-  directory = os.fspath(directory)
+  directory = os.path.expanduser(os.fspath(directory))
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise FileExistsError(f"{directory} is a file; a model is saved as a directory.")
   if os.path.exists(directory) and not overwrite:
     raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it.")
   if not model.is_frozen:
     model.update()
   copy = _deployment_copy(model)
-  parent = os.path.dirname(os.path.abspath(directory))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tmp-model-", dir=parent)
+  tmp = files.staging_directory(directory, prefix=".tmp-model-")
   try:
     tf.train.Checkpoint(model=copy).write(os.path.join(tmp, WEIGHTS_PREFIX))
     meta = dict(format=FORMAT, format_version=FORMAT_VERSION,
@@ -95,9 +91,7 @@ def save_model(model, directory, overwrite=False):
                 frozen=copy.frozen_config(), fingerprint=fingerprint(copy))
     with open(os.path.join(tmp, MODEL_FILE), "w") as f:
       json.dump(meta, f, indent=2, sort_keys=True)
-    if os.path.exists(directory):
-      shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    files.publish_directory(tmp, directory)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -105,13 +99,12 @@ def save_model(model, directory, overwrite=False):
 
 
 def read_model_info(directory):
-  """Reads and checks `model.json` without building the model (no weights)."""
-  directory = os.fspath(directory)
+  """Reads and checks `model.json` without building the model (no weights).
+
+  `directory` is a model directory or a dpc-train run (`files.resolve_model`).
+  """
+  _, directory = files.resolve_model(directory, saved_model=False)
   path = os.path.join(directory, MODEL_FILE)
-  if not os.path.isfile(path):
-    raise ModelFileError(
-        f"{directory} is not a dpc_tf model directory (no {MODEL_FILE}). Save "
-        "one with dpc_tf.save_model() or train one with dpc-train.")
   try:
     with open(path) as f:
       meta = json.load(f)
@@ -130,8 +123,11 @@ def read_model_info(directory):
 
 
 def load_model(directory):
-  """Loads a model saved by `save_model`, ready to compress (tables frozen)."""
-  directory = os.fspath(directory)
+  """Loads a model saved by `save_model`, ready to compress (tables frozen).
+
+  `directory` is a model directory or a dpc-train run (its `model/`).
+  """
+  _, directory = files.resolve_model(directory, saved_model=False)
   meta = read_model_info(directory)
   with layers.weights_to_be_restored():
     model = registry.create_model(meta["architecture"], **meta["config"])

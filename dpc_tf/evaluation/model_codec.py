@@ -46,8 +46,6 @@ class ModelCodec(Codec):
       return
     self._codec, self._loaded_path = None, None
     if self._loader is None:
-      if not os.path.exists(setting):
-        raise FileNotFoundError(f"model path {setting!r} of codec {self.name!r} does not exist.")
       import dpc_tf
       self._codec = dpc_tf.load_codec(setting)
     else:
