@@ -232,3 +232,13 @@ def test_an_emptied_backup_folder_is_removed_and_anything_else_kept(tmp_path):
   (kept / "chief" / "checkpoint").write_text("x")
   training._remove_empty_tree(str(kept))
   assert (kept / "chief" / "checkpoint").exists()
+
+
+def test_dpc_export_takes_the_same_model_paths(tmp_path):
+  # The program's own process: absl flags are global to a process.
+  missing = tmp_path / "nowhere"
+  process = support.start_python(["-m", "export", f"--model_dir={missing}",
+                                  f"--export_dir={tmp_path / 'serving'}"])
+  code, output = support.finish(process, timeout=300)
+  assert code == 1 and f"dpc-export: error: Model {missing} does not exist." in output
+  assert not (tmp_path / "serving").exists()
