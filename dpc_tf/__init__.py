@@ -9,8 +9,9 @@
     data = codec.encode(image)       # uint8 [H, W, C] numpy -> bytes
     image = codec.decode(data)
 
-Names are imported on first use, so tools that only read bitstreams
-(`dpc info`) start without loading TensorFlow.
+Names and submodules are imported on first use, so tools that only read
+bitstreams (`dpc info`) start without loading TensorFlow, and `import dpc_tf`
+is enough for `dpc_tf.serving.export(...)`, `dpc_tf.data.crops_dataset_fn(...)`.
 """
 
 import importlib
@@ -42,10 +43,16 @@ _EXPORTS = {
     "save_model": ("dpc_tf.saving", "save_model"),
 }
 
-__all__ = sorted(_EXPORTS)
+# Submodules reachable as attributes (`dpc_tf.serving`), imported on first use.
+_SUBMODULES = ("codec", "container", "data", "evaluation", "files", "images",
+               "layers", "metrics", "models", "saving", "serving", "training")
+
+__all__ = sorted(set(_EXPORTS) | set(_SUBMODULES))
 
 
 def __getattr__(name):
+  if name in _SUBMODULES:
+    return importlib.import_module(f"dpc_tf.{name}")
   try:
     module, attribute = _EXPORTS[name]
   except KeyError:

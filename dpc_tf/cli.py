@@ -8,7 +8,11 @@
 
 TensorFlow is imported only by the verbs that need it, so `dpc info` on a
 bitstream and `dpc --help` answer at once. Per-file errors are reported and the
-other files still processed; the exit code is 1 if any file failed.
+other files still processed. Exit codes: 0 done, 1 some file failed, 2 a usage
+error (no model, a bad model path, outputs that cannot be written).
+
+Outputs never replace an input of the same command (not even with --force), two
+inputs never share an output, and every output is checked before any work.
 """
 
 import argparse
@@ -29,6 +33,7 @@ _PLUGIN_VERBS = {
 }
 
 MODEL_ENV = "DPC_MODEL"
+DECODED_SUFFIX = ".decoded.png"  # photo.dpc -> photo.decoded.png
 # TensorFlow logs a screenful of C++ noise at import; users can still set it lower.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -40,8 +45,8 @@ class CommandError(Exception):
 def _model_argument(parser):
   parser.add_argument(
       "-m", "--model", default=os.environ.get(MODEL_ENV),
-      help="a model directory (dpc_tf.save_model / dpc-train) or an exported "
-           f"SavedModel; default: ${MODEL_ENV}")
+      help="a model directory (dpc_tf.save_model), a dpc-train run directory "
+           f"or an exported SavedModel; default: ${MODEL_ENV}")
 
 
 def _output_arguments(parser, what):
@@ -50,7 +55,8 @@ def _output_arguments(parser, what):
                            f"name with {what}")
   parser.add_argument("--out-dir", help="write outputs into this directory")
   parser.add_argument("-f", "--force", action="store_true",
-                      help="overwrite existing outputs")
+                      help="overwrite existing outputs (never an input of "
+                           "the same command)")
 
 
 def _output_path(args, path, suffix):
@@ -64,18 +70,60 @@ def _output_path(args, path, suffix):
 def _load_codec(args):
   if not args.model:
     raise CommandError(f"no model given: pass -m MODEL or set ${MODEL_ENV}.")
-  from dpc_tf import codec, saving
+  from dpc_tf import files
   try:
+    files.resolve_model(args.model)  # Before importing TensorFlow: fails fast.
+    from dpc_tf import codec
     return codec.load_codec(args.model)
-  except (saving.ModelFileError, OSError) as e:
+  except (files.ModelFileError, OSError) as e:
     raise CommandError(str(e)) from None
 
 
-def _check_outputs(args):
+def _plan_outputs(args, suffix):
+  """{input: output path}, after checking every output can be written.
+
+  Refuses, before any work: -o with several inputs, -o naming a directory or
+  a missing folder, --out-dir naming a file, two inputs with one output, and
+  an output that is an input (never overwritten, even with --force).
+  """
   if args.output and len(args.inputs) > 1:
     raise CommandError("-o/--output takes one input; use --out-dir for several.")
+  if args.output:
+    if os.path.isdir(args.output):
+      raise CommandError(f"-o {args.output} is a directory; give a file name, "
+                         f"or use --out-dir {args.output}.")
+    folder = os.path.dirname(args.output) or "."
+    if not os.path.isdir(folder):
+      raise CommandError(f"-o {args.output}: the folder {folder} does not exist; "
+                         "create it first, or use --out-dir (which is created).")
+  if args.out_dir and os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+    raise CommandError(f"--out-dir {args.out_dir} is a file, not a directory.")
+  outputs, writers = {}, {}
+  inputs = {os.path.realpath(path): path for path in args.inputs}
+  for path in args.inputs:
+    out = _output_path(args, path, suffix)
+    key = os.path.realpath(out)
+    if key in writers:
+      raise CommandError(
+          f"{writers[key]} and {path} would both be written to {out}; give them "
+          "distinct names, or code them in separate commands or --out-dirs.")
+    if key in inputs:
+      raise CommandError(
+          f"{out} is an input of this command and would be overwritten by the "
+          f"output of {path}; inputs are never overwritten, even with --force. "
+          "Choose another -o or --out-dir.")
+    writers[key] = path
+    outputs[path] = out
+  return outputs
+
+
+def _make_out_dir(args):
   if args.out_dir:
-    os.makedirs(args.out_dir, exist_ok=True)
+    try:
+      os.makedirs(args.out_dir, exist_ok=True)
+    except OSError as e:
+      raise CommandError(f"--out-dir {args.out_dir} cannot be created: "
+                         f"{e.strerror}.") from None
 
 
 def _progress(items, desc):
@@ -107,17 +155,19 @@ def _message(error):
 
 
 def _run_compress(args):
-  _check_outputs(args)
+  outputs = _plan_outputs(args, ".dpc")
   codec = _load_codec(args)
-  from dpc_tf import images
+  _make_out_dir(args)
+  from dpc_tf import files, images
 
   def work(path):
+    out = outputs[path]
+    files.check_writable_target(out, overwrite=args.force)  # Before the work.
     image = images.read_image(path)
     start = time.perf_counter()
     data = codec.encode(image)
     seconds = time.perf_counter() - start
-    out = _output_path(args, path, ".dpc")
-    images.write_atomic(out, lambda f: f.write(data), overwrite=args.force)
+    files.write_atomic(out, lambda f: f.write(data), overwrite=args.force)
     height, width, _ = image.shape
     line = (f"{path} -> {out}: {width}x{height}, {len(data)} bytes, "
             f"{8 * len(data) / (height * width):.4f} bpp, {seconds:.2f} s")
@@ -133,25 +183,25 @@ def _quality(image, decoded):
   a = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]
   b = decoded[..., :a.shape[-1]]
   psnr = metrics.psnr(a, b)
-  line = f"PSNR {psnr:.2f} dB"
-  if a.shape[-1] == 3:
-    ms = metrics.msssim(a, b)
-    line += f", MS-SSIM {ms:.4f} ({metrics.msssim_db(ms):.2f} dB)"
-  return line
+  ms = metrics.msssim(a, b)
+  return f"PSNR {psnr:.2f} dB, MS-SSIM {ms:.4f} ({metrics.msssim_db(ms):.2f} dB)"
 
 
 def _run_decompress(args):
-  _check_outputs(args)
+  # Not `photo.png`: that is likely the original the bitstream was made from.
+  outputs = _plan_outputs(args, DECODED_SUFFIX)
   codec = _load_codec(args)
-  from dpc_tf import images
+  _make_out_dir(args)
+  from dpc_tf import files, images
 
   def work(path):
+    out = outputs[path]
+    files.check_writable_target(out, overwrite=args.force)  # Before the work.
     with open(path, "rb") as f:
       data = f.read()
     start = time.perf_counter()
     image = codec.decode(data)
     seconds = time.perf_counter() - start
-    out = _output_path(args, path, ".png")
     images.write_image(out, image, overwrite=args.force)
     height, width, _ = image.shape
     return (f"{path} -> {out}: {width}x{height}, "
@@ -172,18 +222,23 @@ def _run_info(args):
 
 
 def _info(path):
-  from dpc_tf import container, saving
+  from dpc_tf import container, files
   if os.path.isdir(path):
-    if os.path.isfile(os.path.join(path, saving.MODEL_FILE)):
-      meta = saving.read_model_info(path)
+    kind, directory = files.resolve_model(path)
+    if kind == "model":
+      from dpc_tf import saving
+      meta = saving.read_model_info(directory)
       config = ", ".join(f"{k}={v}" for k, v in sorted(meta["config"].items()))
       model_id = (f"{meta['architecture']}/"
                   f"{saving.config_hash(meta['architecture'], meta['config'])}/"
                   f"{meta['fingerprint']}")
-      return (f"{path}: dpc_tf model\n  architecture: {meta['architecture']}\n"
+      where = path if directory == path else f"{path} (a dpc-train run: {directory})"
+      return (f"{where}: dpc_tf model\n  architecture: {meta['architecture']}\n"
               f"  config: {config}\n  id: {model_id}")
     from dpc_tf import serving
     return serving.describe(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError("does not exist.")
   with open(path, "rb") as f:
     data = f.read()
   stream = container.unpack(data)
@@ -224,13 +279,14 @@ def build_parser():
   _model_argument(p)
   _output_arguments(p, ".dpc")
   p.add_argument("--metrics", action="store_true",
-                 help="also decode and report PSNR and MS-SSIM")
+                 help="also decode and report PSNR and MS-SSIM (of the gray "
+                      "plane for gray images)")
   p.set_defaults(run=_run_compress)
 
   p = sub.add_parser("decompress", help="decompress .dpc bitstreams to PNG")
   p.add_argument("inputs", nargs="+", metavar="FILE.dpc")
   _model_argument(p)
-  _output_arguments(p, ".png")
+  _output_arguments(p, DECODED_SUFFIX)
   p.set_defaults(run=_run_decompress)
 
   p = sub.add_parser("info", help="describe bitstreams or models")

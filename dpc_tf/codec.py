@@ -19,7 +19,7 @@ import zlib
 
 import numpy as np
 
-from dpc_tf import container, images, saving
+from dpc_tf import container, files, images, saving
 from dpc_tf.container import QualityError
 
 # Rate control stops within this relative distance of the target bpp.
@@ -213,10 +213,12 @@ class Codec:
 
 
 def load_codec(path):
-  """A `Codec` for a model directory saved by `dpc_tf.save_model`, or for a
-  SavedModel exported by `dpc-export` (`<base>/<name>/<version>`, or
-  `<base>/<name>` for its highest version)."""
-  from dpc_tf import serving  # pylint: disable=import-outside-toplevel
-  if serving.is_saved_model(path):
+  """A `Codec` for a model path: a model directory saved by `dpc_tf.save_model`,
+  a dpc-train run directory (its `model/`), or a SavedModel exported by
+  `dpc-export` (`<base>/<name>/<version>`, or `<base>/<name>` for its highest
+  version). See `dpc_tf.files.resolve_model`."""
+  kind, path = files.resolve_model(path)
+  if kind == "saved_model":
+    from dpc_tf import serving  # pylint: disable=import-outside-toplevel
     return serving.SavedModelCodec.load(path)
   return Codec.load(path)

@@ -1,9 +1,8 @@
 """Reading and writing 8-bit images, with clear errors for what we can't code."""
 
-import os
-import tempfile
-
 import numpy as np
+
+from dpc_tf.files import write_atomic
 
 # Pillow modes we decode to 8-bit channels, and what they become.
 _CONVERT = {"1": "L", "L": "L", "LA": "LA", "P": None, "PA": "RGBA",
@@ -78,27 +77,10 @@ def check_image(image, name="image"):
 
 
 def write_image(path, image, overwrite=False):
-  """Writes a PNG atomically (temporary file + rename)."""
+  """Writes a PNG atomically (`files.write_atomic`: temporary file + rename)."""
   from PIL import Image
   image = check_image(image, str(path))
   mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[image.shape[-1]]
   array = image[..., 0] if image.shape[-1] == 1 else image
   write_atomic(path, lambda f: Image.fromarray(array, mode).save(f, format="PNG"),
                overwrite)
-
-
-def write_atomic(path, write, overwrite=False):
-  """Calls write(file) on a temporary file, then renames it to `path`."""
-  path = os.fspath(path)
-  if os.path.exists(path) and not overwrite:
-    raise FileExistsError(f"{path} exists; pass --force (overwrite=True) to replace it.")
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise

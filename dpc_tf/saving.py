@@ -19,15 +19,15 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
+from dpc_tf import files
 from dpc_tf import layers
+from dpc_tf.files import MODEL_FILE, ModelFileError  # pylint: disable=unused-import
 from dpc_tf.models import registry
 
-MODEL_FILE = "model.json"
 WEIGHTS_PREFIX = "weights"
 NPZ_FILE = "weights.npz"
 WEIGHTS_DTYPES = ("float32", "float16")
@@ -35,12 +35,8 @@ FORMAT = "dpc_tf.model"
 FORMAT_VERSION = 1
 
 
-class ModelFileError(ValueError):
-  """A model directory is missing, incomplete or does not match its weights."""
-
-
 def config_hash(architecture, config):
-  """Short hash of an architecture and its hyper-parameters."""
+  """First 8 hex digits of the SHA-256 of the JSON [architecture, config]."""
   canonical = json.dumps([architecture, config], sort_keys=True,
                          separators=(",", ":"))
   return hashlib.sha256(canonical.encode()).hexdigest()[:8]
@@ -101,10 +97,12 @@ def save_model(model, directory, overwrite=False, weights_dtype="float32"):
   `weights_dtype="float16"` stores `round_to_float16(model)` in half the
   space (the zoo's format). Returns the saved model's fingerprint.
   """
-  directory = os.fspath(directory)
+  directory = os.path.expanduser(os.fspath(directory))
   if weights_dtype not in WEIGHTS_DTYPES:
     raise ValueError(f"weights_dtype must be one of {WEIGHTS_DTYPES}, got "
                      f"{weights_dtype!r}.")
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise FileExistsError(f"{directory} is a file; a model is saved as a directory.")
   if os.path.exists(directory) and not overwrite:
     raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it.")
   if not model.is_frozen:
@@ -113,9 +111,7 @@ def save_model(model, directory, overwrite=False, weights_dtype="float32"):
     copy = round_to_float16(model)
   else:
     copy = _deployment_copy(model)
-  parent = os.path.dirname(os.path.abspath(directory))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tmp-model-", dir=parent)
+  tmp = files.staging_directory(directory, prefix=".tmp-model-")
   try:
     if weights_dtype == "float16":
       arrays = {}
@@ -132,9 +128,7 @@ def save_model(model, directory, overwrite=False, weights_dtype="float32"):
                 weights_dtype=weights_dtype)
     with open(os.path.join(tmp, MODEL_FILE), "w") as f:
       json.dump(meta, f, indent=2, sort_keys=True)
-    if os.path.exists(directory):
-      shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    files.publish_directory(tmp, directory)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -142,13 +136,12 @@ def save_model(model, directory, overwrite=False, weights_dtype="float32"):
 
 
 def read_model_info(directory):
-  """Reads and checks `model.json` without building the model (no weights)."""
-  directory = os.fspath(directory)
+  """Reads and checks `model.json` without building the model (no weights).
+
+  `directory` is a model directory or a dpc-train run (`files.resolve_model`).
+  """
+  _, directory = files.resolve_model(directory, saved_model=False)
   path = os.path.join(directory, MODEL_FILE)
-  if not os.path.isfile(path):
-    raise ModelFileError(
-        f"{directory} is not a dpc_tf model directory (no {MODEL_FILE}). Save "
-        "one with dpc_tf.save_model() or train one with dpc-train.")
   try:
     with open(path) as f:
       meta = json.load(f)
@@ -167,8 +160,11 @@ def read_model_info(directory):
 
 
 def load_model(directory):
-  """Loads a model saved by `save_model`, ready to compress (tables frozen)."""
-  directory = os.fspath(directory)
+  """Loads a model saved by `save_model`, ready to compress (tables frozen).
+
+  `directory` is a model directory or a dpc-train run (its `model/`).
+  """
+  _, directory = files.resolve_model(directory, saved_model=False)
   meta = read_model_info(directory)
   with layers.weights_to_be_restored():
     model = registry.create_model(meta["architecture"], **meta["config"])

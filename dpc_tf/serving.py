@@ -39,6 +39,7 @@ import shutil
 import tempfile
 
 from dpc_tf import codec as codec_lib
+from dpc_tf import files
 from dpc_tf import saving
 
 INFO_DIR = "assets.extra"      # Extra files TF Serving ignores (and copies along).
@@ -160,7 +161,7 @@ def export_saved_models(model, full_dir, core_dir=None):
 
 def next_version(model_base):
   """1 + the largest integer version under `model_base` (1 if none)."""
-  versions = _versions(model_base)
+  versions = files.saved_model_versions(model_base)
   return max(versions) + 1 if versions else 1
 
 
@@ -222,30 +223,16 @@ def _make_dirs(path):
 # -- Finding and describing SavedModels ----------------------------------------
 
 
-def _has_saved_model(directory):
-  return os.path.isfile(os.path.join(directory, "saved_model.pb"))
-
-
-def _versions(model_base):
-  if not os.path.isdir(model_base):
-    return []
-  return [int(d) for d in os.listdir(model_base)
-          if d.isdigit() and _has_saved_model(os.path.join(model_base, d))]
-
-
-def is_saved_model(path):
-  """True if `path` is a SavedModel or a TF Serving model dir of versions."""
-  path = os.fspath(path)
-  return os.path.isdir(path) and (_has_saved_model(path) or bool(_versions(path)))
+is_saved_model = files.is_saved_model
 
 
 def resolve(path):
   """The SavedModel directory for `path`: itself, or (as TF Serving does) its
   highest integer version subdirectory."""
   path = os.fspath(path)
-  if _has_saved_model(path):
+  if files.has_saved_model(path):
     return path
-  versions = _versions(path)
+  versions = files.saved_model_versions(path)
   if not versions:
     raise saving.ModelFileError(
         f"{path} is not a SavedModel (no saved_model.pb) nor a folder of "

@@ -775,5 +775,18 @@ def train(config):
   if chief:
     with open(os.path.join(output_dir, "run_summary.json"), "w") as f:
       json.dump(summary, f, indent=2, sort_keys=True)
+    _remove_empty_tree(backup_dir)
     logging.info("Saved the model in %s.", model_dir)
   return summary
+
+
+def _remove_empty_tree(directory):
+  """Removes `directory` if it holds only empty folders.
+
+  Keras' BackupAndRestore deletes its backup files when `fit` ends but keeps
+  the folders; anything else found there is left alone.
+  """
+  for _, _, names in os.walk(directory):
+    if names:
+      return
+  shutil.rmtree(directory, ignore_errors=True)

@@ -42,16 +42,6 @@ flags.DEFINE_bool("overwrite", False, "Replace existing version directories.")
 flags.mark_flags_as_required(["model_dir", "export_dir"])
 
 
-def model_directory(path):
-  """`path` itself if it holds model.json, else `path/model` (a training run)."""
-  path = os.path.expanduser(path)
-  if not os.path.isfile(os.path.join(path, saving.MODEL_FILE)):
-    inner = os.path.join(path, "model")
-    if os.path.isfile(os.path.join(inner, saving.MODEL_FILE)):
-      return inner
-  return path
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -61,7 +51,8 @@ def main(argv):
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.WARNING)
   try:
-    model = saving.load_model(model_directory(FLAGS.model_dir))
+    # A model directory or a dpc-train run (files.resolve_model).
+    model = saving.load_model(FLAGS.model_dir)
     paths = serving.export(model, FLAGS.export_dir, FLAGS.name,
                            version=FLAGS.version, core=FLAGS.core,
                            overwrite=FLAGS.overwrite)

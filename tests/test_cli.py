@@ -51,14 +51,14 @@ def test_compress_decompress_info_in_one_session(saved_models, pngs, tmp_path):
   decoded = tmp_path / "decoded"
   dpc("decompress", "-m", model, *coded, "--out-dir", decoded)
   for original in pngs:
-    image = np.asarray(Image.open(decoded / original.name))
+    image = np.asarray(Image.open(decoded / f"{original.stem}.decoded.png"))
     assert image.shape == np.asarray(Image.open(original)).shape
 
   # Never overwrite without being asked; with --force, do.
-  result = dpc("decompress", "-m", model, coded[0], "-o", decoded / "astronaut.png",
+  result = dpc("decompress", "-m", model, coded[0], "-o", decoded / "astronaut.decoded.png",
                check=False)
   assert result.returncode == 1 and "exists" in result.stderr
-  dpc("decompress", "-m", model, coded[0], "-o", decoded / "astronaut.png", "--force")
+  dpc("decompress", "-m", model, coded[0], "-o", decoded / "astronaut.decoded.png", "--force")
 
 
 def test_bad_inputs_are_reported_and_the_rest_still_done(saved_models, pngs,

@@ -209,7 +209,7 @@ def test_training_program_end_to_end_with_dpc_loss(photos, tmp_path):
   assert image_tags.get("reconstruction_1") == 2
   # The backup is gone once training has finished; a second run refuses to
   # retrain over the model.
-  assert not os.path.exists(output_dir / "backup" / "chief")
+  assert not os.path.exists(output_dir / "backup")
   code, output = run(args)
   assert code == 1 and "this run has finished" in output
 

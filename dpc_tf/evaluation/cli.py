@@ -106,10 +106,13 @@ def build_codecs(codecs_arg, settings_args, model_args):
     if name in overrides:
       codec = classical.get_codec(name, [codec.parse_setting(v) for v in overrides[name]])
     result.append(codec)
+  from dpc_tf import files
   for text in model_args:
     name, paths = _split_assignment(text, "--model")
     if name in [c.name for c in result]:
       raise ValueError(f"--model name {name!r} is already used by another codec.")
+    for path in paths:  # Before any work; files.ModelFileError is a ValueError.
+      files.resolve_model(path)
     result.append(ModelCodec(name, paths))
   if not result:
     raise ValueError("Nothing to evaluate: give --codecs and/or --model.")
