@@ -8,7 +8,7 @@ PIP    := $(BIN)/pip install -c requirements/constraints.txt
 # pytest workers: both cores by default.
 JOBS   ?= 2
 
-.PHONY: demo test test-fast test-reference bench clean
+.PHONY: demo demo-train test test-fast test-reference bench clean
 
 $(STAMP): setup.py pyproject.toml requirements/base.txt requirements/test.txt requirements/eval.txt requirements/study.txt requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): setup.py pyproject.toml requirements/base.txt requirements/test.txt re
 
 demo: $(STAMP)
 	$(BIN)/python -m dpc_tf.demo --workdir demo_out
+
+# The training demo: dpc-train, dpc-export and dpc on a tiny model.
+demo-train: $(STAMP)
+	$(BIN)/python -m dpc_tf.demo --train --workdir demo_train
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) tests
@@ -34,4 +38,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out demo_train .pytest_cache

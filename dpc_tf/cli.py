@@ -1,6 +1,8 @@
 """The `dpc` command: compress, decompress, inspect, evaluate.
 
-    dpc compress -m MODEL photo.png               # -> photo.dpc
+    dpc compress photo.png                        # -> photo.dpc (zoo model "dpc")
+    dpc compress photo.png --bpp 0.3              # rate control
+    dpc compress -m MODEL photo.png --quality 2   # -> photo.dpc
     dpc compress -m MODEL *.png --out-dir coded/  # many files, progress bar
     dpc decompress -m MODEL photo.dpc -o out.png
     dpc info photo.dpc | MODEL
@@ -45,8 +47,10 @@ class CommandError(Exception):
 def _model_argument(parser):
   parser.add_argument(
       "-m", "--model", default=os.environ.get(MODEL_ENV),
-      help="a model directory (dpc_tf.save_model), a dpc-train run directory "
-           f"or an exported SavedModel; default: ${MODEL_ENV}")
+      help="a model directory (dpc_tf.save_model), a dpc-train run directory, "
+           "an exported SavedModel, or zoo:NAME (`dpc models`); default: "
+           f"${MODEL_ENV}, else zoo:dpc (compress) or the zoo model that made "
+           "the file (decompress)")
 
 
 def _output_arguments(parser, what):
@@ -67,16 +71,27 @@ def _output_path(args, path, suffix):
   return os.path.join(directory, stem)
 
 
-def _load_codec(args):
-  if not args.model:
-    raise CommandError(f"no model given: pass -m MODEL or set ${MODEL_ENV}.")
+def _load_codec(model):
   from dpc_tf import files
   try:
-    files.resolve_model(args.model)  # Before importing TensorFlow: fails fast.
+    files.resolve_model(model)  # Before importing TensorFlow: fails fast.
     from dpc_tf import codec
-    return codec.load_codec(args.model)
+    return codec.load_codec(model)
   except (files.ModelFileError, OSError) as e:
     raise CommandError(str(e)) from None
+
+
+def _zoo_model_of(header):
+  """`zoo:NAME` of the shipped model that made a bitstream (no TensorFlow)."""
+  from dpc_tf import files, zoo
+  names = zoo.list_models()
+  for name in names:
+    if zoo.model_card(name).get("fingerprint") == header.fingerprint.hex():
+      return files.ZOO_PREFIX + name
+  raise CommandError(
+      f"the bitstream was made by model {header.model_id}, which is not in the "
+      f"zoo ({', '.join(names) or 'empty'}): pass -m MODEL (the model that "
+      "encoded it) or set $DPC_MODEL.")
 
 
 def _plan_outputs(args, suffix):
@@ -155,22 +170,42 @@ def _message(error):
 
 
 def _run_compress(args):
+  if args.quality is not None and args.bpp is not None:
+    raise CommandError("give --quality or --bpp, not both.")
   outputs = _plan_outputs(args, ".dpc")
-  codec = _load_codec(args)
+  from dpc_tf import files, zoo
+  codec = _load_codec(args.model or files.ZOO_PREFIX + zoo.DEFAULT)
+  from dpc_tf import container, images
+  model = codec.model
+  if not model.variable_rate and (args.quality is not None or args.bpp is not None):
+    raise CommandError(f"{args.model} is a fixed-rate model: --quality and --bpp "
+                       "need a variable-rate one (e.g. the zoo's).")
+  quality = args.quality
+  if model.variable_rate and args.bpp is None:
+    quality = model.default_quality if quality is None else quality
+    try:
+      quality = model.check_quality(quality)
+    except container.QualityError as e:
+      raise CommandError(str(e)) from None
   _make_out_dir(args)
-  from dpc_tf import files, images
 
   def work(path):
     out = outputs[path]
     files.check_writable_target(out, overwrite=args.force)  # Before the work.
     image = images.read_image(path)
     start = time.perf_counter()
-    data = codec.encode(image)
+    note = ""
+    if args.bpp is not None:
+      result = codec.encode_at_bpp(image, args.bpp)
+      data, note = result.data, f", {result.describe()}"
+    else:
+      data = codec.encode(image, quality=quality)
+      note = "" if quality is None else f", quality {quality:g}"
     seconds = time.perf_counter() - start
     files.write_atomic(out, lambda f: f.write(data), overwrite=args.force)
     height, width, _ = image.shape
     line = (f"{path} -> {out}: {width}x{height}, {len(data)} bytes, "
-            f"{8 * len(data) / (height * width):.4f} bpp, {seconds:.2f} s")
+            f"{8 * len(data) / (height * width):.4f} bpp{note}, {seconds:.2f} s")
     if args.metrics:
       line += ", " + _quality(image, codec.decode(data))
     return line
@@ -190,15 +225,27 @@ def _quality(image, decoded):
 def _run_decompress(args):
   # Not `photo.png`: that is likely the original the bitstream was made from.
   outputs = _plan_outputs(args, DECODED_SUFFIX)
-  codec = _load_codec(args)
+  codecs = {}
+  if args.model:
+    codecs[None] = _load_codec(args.model)
   _make_out_dir(args)
-  from dpc_tf import files, images
+  from dpc_tf import container, files, images
+
+  def codec_for(data):
+    if args.model:
+      return codecs[None]
+    # No model given: the zoo model the bitstream names in its header.
+    model = _zoo_model_of(container.unpack(data).header)
+    if model not in codecs:
+      codecs[model] = _load_codec(model)
+    return codecs[model]
 
   def work(path):
     out = outputs[path]
     files.check_writable_target(out, overwrite=args.force)  # Before the work.
     with open(path, "rb") as f:
       data = f.read()
+    codec = codec_for(data)
     start = time.perf_counter()
     image = codec.decode(data)
     seconds = time.perf_counter() - start
@@ -245,18 +292,34 @@ def _info(path):
   h = stream.header
   kinds = {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}
   sizes = ", ".join(str(len(s)) for s in stream.strings)
-  return (f"{path}: dpc bitstream v{container.FORMAT_VERSION}\n"
-          f"  model: {h.model_id}\n"
+  try:
+    zoo_name = f" (zoo model {_zoo_model_of(h)[4:]})"
+  except CommandError:
+    zoo_name = ""
+  quality = f"  quality: {h.quality:g}\n" if h.quality else ""
+  return (f"{path}: dpc bitstream v{data[4]}\n"
+          f"  model: {h.model_id}{zoo_name}\n{quality}"
           f"  image: {h.width}x{h.height} {kinds[h.channels]}\n"
           f"  size: {len(data)} bytes, {8 * len(data) / (h.height * h.width):.4f} bpp "
           f"(strings: {sizes}; alpha: {len(stream.alpha)})")
 
 
 def _run_models(args):
+  from dpc_tf import zoo
+  print("Trained models (dpc_tf.zoo; -m zoo:NAME, default zoo:dpc):")
+  for name in zoo.list_models():
+    card = zoo.model_card(name)
+    low, high = card["quality_range"]
+    kodak = card.get("kodak", {}).get("per_quality", [])
+    rates = (f", Kodak {kodak[0]['bpp']:.2f}-{kodak[-1]['bpp']:.2f} bpp"
+             if kodak else "")
+    print(f"  {name:10s} {card['architecture']}, trained on {card['distortion']}, "
+          f"quality {low:g}-{high:g}{rates}")
   from dpc_tf.models import registry, model_class
+  print("Architectures (dpc-train --arch):")
   for name in registry.available_models():
     doc = (model_class(name).__doc__ or "").strip().splitlines()[0]
-    print(f"{name:24s} {doc}")
+    print(f"  {name:24s} {doc}")
   return 0
 
 
@@ -278,6 +341,13 @@ def build_parser():
   p.add_argument("inputs", nargs="+", metavar="IMAGE")
   _model_argument(p)
   _output_arguments(p, ".dpc")
+  p.add_argument("-q", "--quality", type=float,
+                 help="variable-rate models: quality from 1 (lowest rate) to the "
+                      "number of trained λ, any value in between (default: the "
+                      "middle)")
+  p.add_argument("--bpp", type=float,
+                 help="variable-rate models: target bits per pixel; the quality "
+                      "is searched to within 3%% (or the closest reachable)")
   p.add_argument("--metrics", action="store_true",
                  help="also decode and report PSNR and MS-SSIM (of the gray "
                       "plane for gray images)")

@@ -22,6 +22,7 @@ import tempfile
 MODEL_FILE = "model.json"
 RUN_MODEL_DIR = "model"  # Where dpc-train puts the model inside its output_dir.
 SAVED_MODEL_FILE = "saved_model.pb"
+ZOO_PREFIX = "zoo:"  # A model path naming a model of the shipped zoo.
 
 
 class ModelFileError(ValueError):
@@ -53,11 +54,18 @@ def is_saved_model(path):
 def resolve_model(path, saved_model=True):
   """What a model path names: ("model", model directory) or ("saved_model", path).
 
-  A dpc-train run directory resolves to its `model/`. Raises `ModelFileError`
+  A dpc-train run directory resolves to its `model/`, and `zoo:NAME` to the
+  shipped model NAME (`dpc_tf.zoo`). Raises `ModelFileError`
   with a message for the user when `path` is missing or not a model; with
   `saved_model=False`, also when it is an exported SavedModel.
   """
   path = os.path.expanduser(os.fspath(path))
+  if path.startswith(ZOO_PREFIX):
+    from dpc_tf import zoo  # pylint: disable=import-outside-toplevel
+    try:
+      return "model", zoo.model_dir(path[len(ZOO_PREFIX):])
+    except zoo.ZooError as e:
+      raise ModelFileError(str(e)) from None
   if not os.path.exists(path):
     raise ModelFileError(f"Model {path} does not exist.")
   if not os.path.isdir(path):

@@ -341,6 +341,7 @@ class _ServedModel:
     self.lmbdas = tuple(lmbdas) if lmbdas else None
     self.variable_rate = self.lmbdas is not None
     self.quality_range = (1.0, float(len(lmbdas))) if lmbdas else None
+    self.default_quality = (1.0 + len(lmbdas)) / 2 if lmbdas else None
 
   def get_config(self):
     return dict(self._config)

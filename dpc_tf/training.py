@@ -278,7 +278,8 @@ class ValidationImages(tf.keras.callbacks.Callback):
   """Logs quality metrics and reconstructions of a few validation images.
 
   At the end of each epoch (on the chief only), runs the model on the images
-  (quantised latents, as at test time) and writes to TensorBoard under
+  (quantised latents, as at test time; a variable-rate model at its middle
+  quality) and writes to TensorBoard under
   `log_dir`: `psnr`, `msssim`, `msssim_db`, `lpips` (if an `lpips` metric is
   given) and the estimated `bpp`, averaged over the images, plus
   `reconstructions`: each original beside its reconstruction.
@@ -304,7 +305,9 @@ class ValidationImages(tf.keras.callbacks.Callback):
     results, panels = [], []
     for image in self.images:
       x = tf.convert_to_tensor(image[None], tf.float32) / 255.0
-      x_hat, bits = self.model(x, training=False)
+      # Variable-rate models: at their middle quality.
+      x_hat, bits = self.model(x, training=False,
+                               quality=self.model.default_quality)
       x_hat = tf.clip_by_value(x_hat, 0.0, 1.0)
       decoded = tf.cast(tf.round(x_hat[0] * 255.0), tf.uint8).numpy()
       msssim = float(perceptual.msssim(x, x_hat)[0])

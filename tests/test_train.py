@@ -1,5 +1,6 @@
 """dpc-train: flags, schedules, the training run, resuming, NaN, TensorBoard, TFDS."""
 
+import csv
 import glob
 import json
 import math
@@ -286,3 +287,35 @@ def test_training_on_a_tfds_dataset_with_a_manual_dir(tmp_path):
   assert "val_loss" in summary["final_logs"]
   assert os.path.isdir(tmp_path / "tfds" / "dpc_test_train_photos" / "1.0.0")
   assert math.isfinite(summary["final_logs"]["loss"])
+
+
+@pytest.mark.slow
+def test_variable_rate_run_from_a_fixed_rate_one_with_a_learning_curve(
+    photos, tmp_path):
+  base = tmp_path / "base"
+  code, output = run(TINY + [f"--train_glob={photos}", f"--output_dir={base}",
+                             "--steps_per_epoch=3", "--epochs=1", "--seed=0",
+                             "--arch=hyperprior"])
+  assert code == 0, output[-3000:]
+  run_dir = tmp_path / "vr"
+  args = TINY + [f"--train_glob={photos}", f"--output_dir={run_dir}",
+                 "--arch=hyperprior", "--lmbdas=0.002,0.02,0.2",
+                 f"--init_from={base}", "--steps_per_epoch=4", "--epochs=1",
+                 f"--curve_glob={photos}/coffee.png", "--curve_every=2",
+                 "--seed=0"]
+  code, output = run(args)
+  assert code == 0, output[-3000:]
+  assert "variables copied; 4 new" in output
+  model = dpc_tf.load_model(run_dir)
+  assert model.lmbdas == (0.002, 0.02, 0.2)
+  with open(run_dir / "learning_curve.csv") as f:
+    rows = list(csv.DictReader(f))
+  # Steps 2 and 4, each at qualities 1, 2 and 3; CPU time grows.
+  assert [(r["step"], r["quality"]) for r in rows] == [
+      (s, q) for s in ("2", "4") for q in ("1.0", "2.0", "3.0")]
+  assert float(rows[-1]["cpu_hours"]) > float(rows[0]["cpu_hours"]) > 0
+  bpp = [float(r["bpp"]) for r in rows[3:]]
+  assert bpp == sorted(bpp), bpp  # The rate rises with the quality.
+  code, output = run([f"--train_glob={photos}", f"--output_dir={tmp_path / 'x'}",
+                      "--lmbda=0.01", "--lmbdas=0.01,0.1"])
+  assert code == 1 and "not both" in output

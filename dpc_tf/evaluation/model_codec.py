@@ -77,7 +77,7 @@ class ModelCodec(Codec):
     if self._loader is None:
       import dpc_tf
       if path.startswith("zoo:"):
-        self._codec = dpc_tf.zoo.load_codec(path[4:])
+        self._codec = dpc_tf.load_codec(path)
       elif not os.path.exists(path):
         raise FileNotFoundError(f"model path {path!r} of codec {self.name!r} does not exist.")
       else:

@@ -137,6 +137,13 @@ class CompressionModel(tf.keras.Model):
     """(lowest, highest) quality of a variable-rate model; None if fixed-rate."""
     return (1.0, float(len(self.lmbdas))) if self.variable_rate else None
 
+  @property
+  def default_quality(self):
+    """The quality used when none is given: the middle of the range."""
+    if not self.variable_rate:
+      return None
+    return (1.0 + len(self.lmbdas)) / 2
+
   def _make_gains(self):
     """Creates the gain layers; returns [(layer, channels)] to build."""
     # Start from gains a pre-trained fixed-rate model would want: for MSE the
