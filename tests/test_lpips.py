@@ -113,6 +113,22 @@ def test_identical_images_have_zero_distance(alex_weights):
                                 np.zeros(len(x)))
 
 
+def test_squeeze_with_imagenet_trunk_on_the_example_images(tmp_path):
+  """Real LPIPS-squeeze: torchvision's ImageNet SqueezeNet 1.1 (shared data)
+  and the reference's shipped lin layers (kept in the fixture)."""
+  import support
+  state = support.squeeze_imagenet_state_dict()
+  arrays = convert.convert_state_dicts("squeeze", state,
+                                       lin_state_dict(load_fixture("squeeze")))
+  path = tmp_path / lpips_weights.default_filename("squeeze")
+  lpips_weights.write_weights_file(path, "squeeze", arrays)
+  metric = LPIPS("squeeze", weights_path=path)
+  images = support.lpips_example_images()
+  for name, expected in support.LPIPS_EXAMPLE_DISTANCES["squeeze"].items():
+    distance = float(metric(images["ex_ref"], images[name])[0])
+    assert distance == pytest.approx(expected, abs=5e-5), name
+
+
 # Layout details that parity alone might not single out.
 
 

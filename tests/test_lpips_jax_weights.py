@@ -41,6 +41,10 @@ def test_lpips_alex_works_without_arguments_on_the_example_images(empty_cache):
   for name, expected in EXAMPLE_DISTANCES["alex"].items():
     distance = float(metric(images["ex_ref"], images[name])[0])
     assert distance == pytest.approx(expected, abs=5e-5), name
+  vgg = perceptual.LPIPS("vgg")
+  for name, expected in EXAMPLE_DISTANCES["vgg"].items():
+    distance = float(vgg(images["ex_ref"], images[name])[0])
+    assert distance == pytest.approx(expected, abs=5e-5), name
   # The functional form and the losses take the same default.
   assert float(perceptual.lpips(images["ex_ref"], images["ex_p1"])[0]) == (
       pytest.approx(EXAMPLE_DISTANCES["alex"]["ex_p1"], abs=5e-5))
