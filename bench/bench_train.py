@@ -42,7 +42,7 @@ def _lpips_weights(trunk, workdir):
   """(weights path, description): the user's LPIPS weights, else seeded ones."""
   from perceptual import lpips_weights, testing
   try:
-    return lpips_weights.resolve_weights_path(trunk, None), "official weights"
+    return lpips_weights.resolve_weights_path(trunk, None), "ImageNet weights"
   except (FileNotFoundError, ValueError):
     path = os.path.join(workdir, lpips_weights.default_filename(trunk))
     testing.write_seeded_weights_file(path, trunk, seed=0)

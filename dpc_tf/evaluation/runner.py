@@ -115,7 +115,7 @@ def evaluate(images, codecs, out_dir, metrics=None, anchor=None, bd_method="akim
     images: image file paths (read with Pillow, see `images.load_image`).
     codecs: `Codec` instances (classical or `ModelCodec`), each with its sweep.
     out_dir: output directory; created if needed, resumed if it has points.
-    metrics: a `Metrics` (default: PSNR and MS-SSIM, no LPIPS).
+    metrics: a `Metrics` (default: PSNR, MS-SSIM and LPIPS-alex).
     anchor: codec name for BD-rates, or None for none.
     bd_method: BD interpolation ("akima", "pchip" or "cubic").
     max_images: evaluate only the first this many images.
