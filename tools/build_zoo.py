@@ -60,13 +60,13 @@ def load_run_model(run_dir):
   latest = tf.train.latest_checkpoint(os.path.join(run_dir, "backup", "chief"))
   if latest is None:
     raise SystemExit(f"{run_dir} has neither model/ nor a backup.")
-  optimizer = tf.keras.optimizers.Adam()
   ckpt = tf.train.Checkpoint(model=model)
-  ckpt.read(latest).expect_partial()
+  # Every variable of the model must come from the backup (the optimizer's
+  # slots in it are not needed).
+  ckpt.read(latest).expect_partial().assert_existing_objects_matched()
   reader = tf.train.load_checkpoint(latest)
   steps = int(reader.get_tensor(
-      "model/optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE"))
-  del optimizer
+      "model/optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
   model.update()
   return model, steps, f"backup {os.path.basename(latest)}"
 

@@ -279,6 +279,7 @@ class CompressionModel(tf.keras.Model):
     for name, em in frozen.items():
       setattr(self, f"frozen_{name}", em)
     self._frozen = frozen
+    self.__dict__.pop("_function_cache", None)  # Traced with the old tables.
 
   def codec_variables(self):
     """The variables that define the codec: weights, then frozen tables.
@@ -452,18 +453,50 @@ class CompressionModel(tf.keras.Model):
     x_hat = x_hat[0, :image_shape[0], :image_shape[1], :]
     return tf.saturate_cast(tf.round(x_hat * 255.0), tf.uint8)
 
+  # The compression methods below run as graphs traced once per model with
+  # shape-polymorphic signatures when called eagerly (a new image size does
+  # not retrace), and as plain ops inside a caller's tf.function (export).
+
+  def _traced(self, name):
+    """The cached tf.function `name` of `tf_functions()` (or analyze/recode)."""
+    # Outside Keras's attribute tracking: a cache, not part of the model.
+    cache = self.__dict__.setdefault("_function_cache", {})
+    if not cache:
+      cache.update(self.tf_functions())
+      image = tf.TensorSpec([None, None, 3], tf.uint8)
+      y = tf.TensorSpec([1, None, None, None], tf.float32)
+      shape = tf.TensorSpec([2], tf.int32)
+      quality = ([tf.TensorSpec([], tf.float32)] if self.variable_rate else [])
+      cache["analyze"] = tf.function(self.analyze_image, input_signature=[image])
+      cache["compress_analyzed"] = tf.function(
+          self.compress_analyzed, input_signature=[y, shape] + quality)
+    return cache[name]
+
+  def _quality_inputs(self, quality):
+    """[] for a fixed-rate model, [float32 quality] for a variable-rate one."""
+    if isinstance(quality, tf.Tensor):
+      return [tf.cast(quality, tf.float32)] if self.variable_rate else []
+    quality = self.check_quality(quality)  # A clear error before any graph.
+    return [tf.constant(quality, tf.float32)] if self.variable_rate else []
+
   def analyze_image(self, image):
     """uint8 [H, W, 3] -> the analysis transform's output (before any gain).
 
     The costly half of encoding; `compress_analyzed` codes it at a quality,
     so rate control runs the transform once and re-codes only.
     """
+    if tf.executing_eagerly():
+      return self._traced("analyze")(tf.convert_to_tensor(image, tf.uint8))
     return self.analysis_transform(
         self._pad(tf.convert_to_tensor(image, tf.uint8)))
 
   def compress_analyzed(self, y, image_shape, quality=None):
     """`analyze_image`'s output -> {string name: scalar string, "image_shape"}."""
     self._require_frozen()
+    if tf.executing_eagerly():
+      return self._traced("compress_analyzed")(
+          y, tf.convert_to_tensor(image_shape, tf.int32),
+          *self._quality_inputs(quality))
     strings = self._compress_latents(y, self._level(quality))
     outputs = {name: s[0] for name, s in zip(self.string_names, strings)}
     outputs["image_shape"] = tf.convert_to_tensor(image_shape, tf.int32)
@@ -473,10 +506,11 @@ class CompressionModel(tf.keras.Model):
     """uint8 [H, W, 3] -> {string name: scalar string, "image_shape": int32 [2]}.
 
     `quality`: in `quality_range` for a variable-rate model, None otherwise.
-    Runs eagerly when called eagerly: for one image that is faster than
-    tracing a graph; `tf_functions()` has the graph versions for export.
     """
+    self._require_frozen()
     image = tf.convert_to_tensor(image, tf.uint8)
+    if tf.executing_eagerly():
+      return self._traced("compress")(image, *self._quality_inputs(quality))
     return self.compress_analyzed(self.analyze_image(image),
                                   tf.shape(image)[:2], quality)
 
@@ -487,6 +521,10 @@ class CompressionModel(tf.keras.Model):
       raise ValueError(f"{self.architecture} decodes {len(self.string_names)} "
                        f"strings ({', '.join(self.string_names)}), got {len(strings)}.")
     image_shape = tf.convert_to_tensor(image_shape, tf.int32)
+    if tf.executing_eagerly():
+      return self._traced("decompress")(
+          image_shape, *[tf.convert_to_tensor(s, tf.string) for s in strings],
+          *self._quality_inputs(quality))["image"]
     x_hat = self._decompress([tf.reshape(s, [1]) for s in strings],
                              self._padded_shape(image_shape),
                              self._level(quality))
