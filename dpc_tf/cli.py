@@ -170,8 +170,11 @@ def _run_info(args):
 
 
 def _info(path):
-  from dpc_tf import container, saving
+  # Only the container module for a bitstream: `saving` (and so TensorFlow,
+  # ~5 s) is imported for model directories alone.
+  from dpc_tf import container
   if os.path.isdir(path):
+    from dpc_tf import saving
     if os.path.isfile(os.path.join(path, saving.MODEL_FILE)):
       meta = saving.read_model_info(path)
       config = ", ".join(f"{k}={v}" for k, v in sorted(meta["config"].items()))
