@@ -158,6 +158,12 @@ class ChannelwiseContextCodec(CompressionModel):
     y_hat = self._slices(z_hat, padded_shape // 16, code_slice)
     return self.synthesis_transform(y_hat)
 
+  def _string_symbols(self, padded_height, padded_width):
+    z = (padded_height // self.stride) * (padded_width // self.stride)
+    y = (padded_height // 16) * (padded_width // 16) * (
+        self.latent_depth // self.num_slices)
+    return [("z", z)] + [("indexed", y)] * self.num_slices
+
   def _latents(self, x):
     y = self.analysis_transform(x)
     z_hat = tf.round(self.hyper_analysis_transform(y))
