@@ -138,16 +138,50 @@ def _quality(image, decoded):
   return line
 
 
+def _max_pixels(text):
+  if text.lower() == "none":
+    return None
+  try:
+    value = int(float(text))
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise argparse.ArgumentTypeError(
+        f"--max-pixels takes a positive number of pixels or 'none', got {text!r}")
+  return value
+
+
+def _decoder(args):
+  """decode(bytes) -> image: in a worker process with a time budget (default),
+  or in this process with --in-process."""
+  if args.in_process:
+    if args.timeout is not None:
+      raise CommandError("--timeout needs the decoder process; drop --in-process.")
+    codec = _load_codec(args)
+    return lambda data: codec.decode(data, max_pixels=args.max_pixels)
+  if not args.model:
+    raise CommandError(f"no model given: pass -m MODEL or set ${MODEL_ENV}.")
+  # This process never imports TensorFlow: the worker loads the model.
+  from dpc_tf import isolation
+  decoder = isolation.DecoderProcess(args.model)
+  try:
+    decoder.wait_ready()
+  except isolation.DecoderStartError as e:
+    raise CommandError(str(e)) from None
+  return lambda data: decoder.decode(data, max_pixels=args.max_pixels,
+                                     timeout=args.timeout)
+
+
 def _run_decompress(args):
   _check_outputs(args)
-  codec = _load_codec(args)
+  decode = _decoder(args)
   from dpc_tf import images
 
   def work(path):
     with open(path, "rb") as f:
       data = f.read()
     start = time.perf_counter()
-    image = codec.decode(data)
+    image = decode(data)
     seconds = time.perf_counter() - start
     out = _output_path(args, path, ".png")
     images.write_image(out, image, overwrite=args.force)
@@ -232,6 +266,21 @@ def build_parser():
   p.add_argument("inputs", nargs="+", metavar="FILE.dpc")
   _model_argument(p)
   _output_arguments(p, ".png")
+  from dpc_tf import container
+  p.add_argument(
+      "--max-pixels", type=_max_pixels, default=container.DEFAULT_MAX_PIXELS,
+      metavar="N", help="refuse bitstreams declaring more pixels (decompression "
+      f"bombs); default {container.DEFAULT_MAX_PIXELS} (twice Pillow's "
+      "MAX_IMAGE_PIXELS); 'none' for no limit")
+  p.add_argument(
+      "--timeout", type=float, metavar="SECONDS",
+      help="time budget per file (default 30 s + 30 s per megapixel); a file "
+      "that takes longer is reported as damaged or crafted and the decoder "
+      "process is restarted")
+  p.add_argument(
+      "--in-process", action="store_true",
+      help="decode in this process, without a time budget: only for files you "
+      "trust (a crafted file can hang tensorflow-compression's range decoder)")
   p.set_defaults(run=_run_decompress)
 
   p = sub.add_parser("info", help="describe bitstreams or models")

@@ -53,6 +53,10 @@ class DecoderCrashError(RuntimeError):
   """The worker process died while decoding (a bug in a native kernel)."""
 
 
+class DecoderStartError(RuntimeError):
+  """The worker could not load the model (its message says why)."""
+
+
 _HEADER = struct.Struct(">Q")
 
 
@@ -163,8 +167,8 @@ class DecoderProcess:
   def wait_ready(self):
     """Starts the worker and waits until its model is loaded.
 
-    Raises `saving.ModelFileError` (the worker's own message) if it cannot
-    load the model.
+    Raises `DecoderStartError` (with the worker's own message, e.g. the
+    `ModelFileError`) if it cannot load the model.
     """
     self.start()
     worker = self._active
@@ -175,13 +179,12 @@ class DecoderProcess:
       message = _receive(worker.process.stdout.fileno(), deadline)
     except TimeoutError:
       self.close()
-      raise RuntimeError(f"The decoder process did not load {self.model_path} "
-                         f"within {self.start_seconds:.0f} s.") from None
+      raise DecoderStartError(f"The decoder process did not load {self.model_path} "
+                              f"within {self.start_seconds:.0f} s.") from None
     if message is None or message[0] != "ready":
       detail = message[1] if message else worker.stderr_tail()
       self.close()
-      from dpc_tf import saving  # pylint: disable=import-outside-toplevel
-      raise saving.ModelFileError(detail)
+      raise DecoderStartError(detail)
     worker.model_id = message[1]
 
   def decode(self, data, max_pixels=container.DEFAULT_MAX_PIXELS, timeout=None):
