@@ -107,7 +107,7 @@ def _edit_fields(stream, rng):
   h = stream.header
   strings = list(stream.strings)
   kind = rng.choice(["size", "channels", "string_body", "string_length",
-                     "string_swap", "string_zeros", "escape_edge"])
+                     "string_swap", "string_zeros"])
   if kind == "size":
     values = [0, 1, 2, 63, 65, h.height * 2, h.width + 1, 4096, 1 << 16,
               1 << 20, (1 << 32) - 1, rng.randrange(1, 4096)]
@@ -135,19 +135,23 @@ def _edit_fields(stream, rng):
   return kind, container.Bitstream(h, tuple(strings), stream.alpha)
 
 
-def mutations(data, seed=0, escape_edge=None):
+def mutations(data, seed=0, escape_edge=None, escape_edge_rate=0.01):
   """An endless seeded stream of (kind, damaged bytes) from a valid bitstream.
 
   Half are raw byte damage (bit flips, truncation, insertions, header bytes),
   with the checksum left alone or recomputed; half alter fields through the
   container (size, channels, string bodies and lengths), so the checksum is
   valid and the strings reach the range decoder. `escape_edge`: a string from
-  `escape_edge_string`, sometimes put in place of the first string.
+  `escape_edge_string`, put in place of the first string in a fraction
+  `escape_edge_rate` of the inputs (each one hangs an unprotected decoder).
   """
   rng = random.Random(seed)
   stream = container.unpack(data)
   while True:
-    if rng.random() < 0.5:
+    if escape_edge is not None and rng.random() < escape_edge_rate:
+      yield "escape_edge", container.pack(container.Bitstream(
+          stream.header, (escape_edge,) + stream.strings[1:], stream.alpha))
+    elif rng.random() < 0.5:
       kind = rng.choice(sorted(_RAW))
       damaged = _RAW[kind](data, rng)
       if rng.random() < 0.5 and len(damaged) > 4:
@@ -156,11 +160,6 @@ def mutations(data, seed=0, escape_edge=None):
       yield kind, damaged
     else:
       kind, edited = _edit_fields(stream, rng)
-      if kind == "escape_edge":
-        if escape_edge is None:
-          continue
-        edited = container.Bitstream(
-            stream.header, (escape_edge,) + stream.strings[1:], stream.alpha)
       yield kind, container.pack(edited)
 
 
@@ -173,8 +172,8 @@ def declared_shape(data, max_pixels=None):
   return (h.height, h.width, h.channels)
 
 
-def fuzz(decode, data, inputs, seed=0, escape_edge=None, max_pixels=None,
-         progress=None):
+def fuzz(decode, data, inputs, seed=0, escape_edge=None, escape_edge_rate=0.01,
+         max_pixels=None, progress=None):
   """Decodes `inputs` damaged versions of `data`; returns the counts.
 
   `decode(bytes)` must return an image or raise `BitstreamError`. Returns
@@ -186,7 +185,7 @@ def fuzz(decode, data, inputs, seed=0, escape_edge=None, max_pixels=None,
   by_kind = collections.defaultdict(collections.Counter)
   failures = []
   decoded = 0
-  source = mutations(data, seed, escape_edge)
+  source = mutations(data, seed, escape_edge, escape_edge_rate)
   for _ in range(inputs):
     kind, damaged = next(source)
     try:

@@ -100,7 +100,7 @@ def test_string_bound_holds_for_real_streams_of_every_architecture(tiny_models):
   for name in ("factorized", "hyperprior", "joint"):
     model = tiny_models[name]
     codec = dpc_tf.Codec(model)
-    for image in (np.full((256, 320, 3), 128, np.uint8),
+    for image in (np.full((128, 192, 3), 128, np.uint8),
                   rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)):
       stream = container.unpack(codec.encode(image))
       bounds = model.min_string_bytes(image.shape[:2])
@@ -140,7 +140,7 @@ def test_crafted_escape_string_is_stopped_by_the_decoder_process(
 
 
 def test_fuzzed_streams_are_refused_or_decoded_to_the_declared_size(
-    decoder, encoded, model_dir, model):
+    decoder, encoded, model_dir):
   """200 seeded damaged streams (bit flips, truncations, insertions, header
   fields, string bodies; checksums broken and recomputed): each one is a
   BitstreamError or an image of the declared size; no other exception, no
@@ -148,9 +148,9 @@ def test_fuzzed_streams_are_refused_or_decoded_to_the_declared_size(
   _, data = encoded
   codec = dpc_tf.load_codec(model_dir, isolate=decoder)  # Codec's option.
   max_pixels = 1 << 20  # What a server would set: bounds time and memory.
+  # The escape-edge string has its own test above: each one costs a budget.
   result = fuzzing.fuzz(lambda d: codec.decode(d, max_pixels=max_pixels), data,
-                        inputs=200, seed=13,
-                        escape_edge=fuzzing.escape_edge_string(model))
+                        inputs=200, seed=13)
   assert not result["failures"], result["failures"][:3]
   assert result["decoded"] + sum(result["rejected"].values()) == 200
   # Both outcomes happen, and the damage reached the range decoder.
