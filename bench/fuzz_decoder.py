@@ -6,7 +6,8 @@ A seeded model with realistic magnitudes (`dpc_tf.fuzzing.scaled_model`)
 encodes a photo crop; `dpc_tf.fuzzing.mutations` damages that stream in every
 way the suite's fuzz test does (bit flips, truncations, insertions, header
 bytes, with the checksum broken or recomputed; size, channels and string
-bodies changed through the container), and each input goes to
+bodies changed through the container; 1 in 10 000 the crafted escape-edge
+string that hangs tfc's range decoder), and each input goes to
 `Codec.decode` with `isolate=` a `DecoderProcess` (one persistent worker, plus
 a loaded spare), exactly what `dpc decompress` does. Every input must be
 refused with a `BitstreamError` or decoded to its declared size; hangs of
@@ -49,9 +50,12 @@ def run(out_dir="bench/results", inputs=100_000, seed=0, size=(48, 64),
     start = time.perf_counter()
     with tqdm(total=inputs, desc="fuzz", unit="input", dynamic_ncols=True,
               mininterval=5) as progress:
+      # A few crafted escape-edge strings (1 in 10 000) among the random
+      # damage: each must come back as a DecodeTimeoutError.
       result = fuzzing.fuzz(lambda d: codec.decode(d, max_pixels=max_pixels), data,
                             inputs=inputs, seed=seed, max_pixels=max_pixels,
-                            progress=progress)
+                            escape_edge=fuzzing.escape_edge_string(model),
+                            escape_edge_rate=1e-4, progress=progress)
     seconds = time.perf_counter() - start
     decoder.close()
   failures = result.pop("failures")
