@@ -178,21 +178,28 @@ def fuzz(decode, data, inputs, seed=0, escape_edge=None, escape_edge_rate=0.01,
 
   `decode(bytes)` must return an image or raise `BitstreamError`. Returns
   {"inputs", "decoded", "rejected": {error class: n}, "by_kind": {kind:
-  {outcome: n}}, "failures": [(kind, outcome, message, bytes)]}; a failure is
-  any other exception or an image of another shape than the header declares.
+  {outcome: n}}, "failures": [(kind, outcome, message, bytes)], "timeouts":
+  [(kind, bytes)]}; a failure is any other exception or an image of another
+  shape than the header declares.
   """
   rejected = collections.Counter()
   by_kind = collections.defaultdict(collections.Counter)
-  failures = []
+  failures, timeouts = [], []
   decoded = 0
   source = mutations(data, seed, escape_edge, escape_edge_rate)
-  for _ in range(inputs):
+  done = 0
+  for done in range(1, inputs + 1):
     kind, damaged = next(source)
     try:
       image = decode(damaged)
+    except KeyboardInterrupt:  # Stop early: count what was run.
+      done -= 1
+      break
     except container.BitstreamError as e:
       rejected[type(e).__name__] += 1
       by_kind[kind][type(e).__name__] += 1
+      if type(e).__name__ == "DecodeTimeoutError":
+        timeouts.append((kind, damaged))
     except Exception as e:  # pylint: disable=broad-except  # Counted, reported.
       by_kind[kind]["failure"] += 1
       failures.append((kind, type(e).__name__, str(e)[:500], damaged))
@@ -209,6 +216,10 @@ def fuzz(decode, data, inputs, seed=0, escape_edge=None, escape_edge_rate=0.01,
         by_kind[kind]["decoded"] += 1
     if progress is not None:
       progress.update(1)
-  return {"inputs": inputs, "decoded": decoded, "rejected": dict(rejected),
+      if progress.n % 500 == 0:
+        progress.set_postfix(decoded=decoded, refused=sum(rejected.values()),
+                             timeouts=rejected["DecodeTimeoutError"],
+                             failures=len(failures), refresh=False)
+  return {"inputs": done, "decoded": decoded, "rejected": dict(rejected),
           "by_kind": {k: dict(v) for k, v in sorted(by_kind.items())},
-          "failures": failures}
+          "failures": failures, "timeouts": timeouts}

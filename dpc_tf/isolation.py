@@ -100,6 +100,7 @@ class _Worker:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
+    env["DPC_DECODER_PARENT"] = str(os.getpid())
     # stderr to a file: a pipe nobody reads would fill up and block the worker.
     self.stderr = tempfile.TemporaryFile()
     self.process = subprocess.Popen(
@@ -253,6 +254,13 @@ class DecoderProcess:
 
 def _serve(model_path):
   """The worker: loads the model, then decodes requests until stdin closes."""
+  if sys.platform.startswith("linux"):
+    # Die with the parent: a worker spinning in a hung kernel never reads the
+    # closed stdin that would otherwise end it.
+    import ctypes  # pylint: disable=import-outside-toplevel
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if str(os.getppid()) != os.environ.get("DPC_DECODER_PARENT"):
+      return 1  # The parent died before prctl.
   # The protocol owns the real stdout; anything printed goes to stderr.
   channel = os.fdopen(os.dup(1), "wb")
   os.dup2(2, 1)
