@@ -71,8 +71,9 @@ class Codec:
     """bytes -> uint8 [H, W, C]. Raises `container.BitstreamError`.
 
     `max_pixels`: refuse larger declared images (`ImageTooLargeError`); None
-    for no limit. Decoding needs ~N bytes of memory per pixel (README,
-    "The .dpc bitstream").
+    for no limit. Decoding takes ~1.8 kB of memory per pixel with a
+    192-filter hyperprior (README, "Decoder memory"): set the limit from the
+    memory a decode may have.
     """
     stream = container.unpack(data, max_pixels)
     self.check_stream(stream)
