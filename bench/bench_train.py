@@ -11,6 +11,13 @@ scikit-image ships), so the numbers are the model's and loss's cost, not the
 input pipeline's. LPIPS runs with the weights in $DPC_LPIPS_WEIGHTS if set,
 else with seeded random weights of the same network (same cost, meaningless
 values); the table says which.
+
+The distortions are timed in rounds, one step of each per round, after
+warm-up steps of each: on a shared machine the load drifts during a run, and
+timing one distortion after another gave the drift to some (once making DPC,
+which is LPIPS plus MS-SSIM, faster than MS-SSIM alone). Interleaved, every
+distortion sees the same drift, and the median of 20 steps each orders them
+the same way from run to run.
 """
 
 import argparse
@@ -49,8 +56,8 @@ def _lpips_weights(trunk, workdir):
     return path, "seeded random weights (same network and cost)"
 
 
-def time_steps(distortion, crops, arch, hparams, batch_size, steps, warmup):
-  """Seconds of each of `steps` train steps, after `warmup` untimed ones."""
+def train_step(distortion, crops, arch, hparams, batch_size):
+  """step() -> loss: one of `fit`'s train steps of a fresh seeded model."""
   import tensorflow as tf
   import dpc_tf
   tf.keras.utils.set_random_seed(0)
@@ -60,21 +67,29 @@ def time_steps(distortion, crops, arch, hparams, batch_size, steps, warmup):
   dataset = (tf.data.Dataset.from_tensor_slices(crops).shuffle(len(crops), seed=0)
              .repeat().batch(batch_size, drop_remainder=True).prefetch(2))
   iterator = iter(dataset)
-  train_step = model.make_train_function()
-  for _ in range(warmup):  # Traces the step function, warms up the kernels.
-    float(train_step(iterator)["loss"])
-  seconds = []
+  function = model.make_train_function()
+  # float() waits for the step to finish.
+  return lambda: float(function(iterator)["loss"])
+
+
+def time_steps(steps_by_name, steps, warmup):
+  """{name: seconds of each of `steps` steps}, timed in interleaved rounds."""
+  for name, step in steps_by_name.items():
+    for _ in range(warmup):  # Traces the step function, warms up the kernels.
+      step()
+  seconds = {name: [] for name in steps_by_name}
   for _ in range(steps):
-    start = time.perf_counter()
-    loss = float(train_step(iterator)["loss"])  # Waits for the step to finish.
-    seconds.append(time.perf_counter() - start)
-  if not np.isfinite(loss):
-    raise RuntimeError(f"The {distortion.name} loss is not finite: {loss}.")
+    for name, step in steps_by_name.items():
+      start = time.perf_counter()
+      loss = step()
+      seconds[name].append(time.perf_counter() - start)
+      if not np.isfinite(loss):
+        raise RuntimeError(f"The {name} loss is not finite: {loss}.")
   return seconds
 
 
 def run(out_dir="bench/results", distortions=DISTORTIONS, arch="hyperprior",
-        num_filters=64, batch_size=8, patch_size=128, steps=10, warmup=3,
+        num_filters=64, batch_size=8, patch_size=128, steps=20, warmup=5,
         trunk="alex"):
   """Times the train step per distortion; writes train.json and train.md."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -86,14 +101,21 @@ def run(out_dir="bench/results", distortions=DISTORTIONS, arch="hyperprior",
     weights, weights_note = None, None
     if {"lpips", "dpc"} & set(distortions):
       weights, weights_note = _lpips_weights(trunk, workdir)
+    steps_by_name = {
+        name: train_step(training.make_distortion(name, trunk=trunk,
+                                                  weights_path=weights),
+                         crops, arch, hparams, batch_size)
+        for name in distortions}
+    print(f"timing {', '.join(distortions)}: {warmup} warm-up and {steps} timed "
+          "steps each, interleaved ...", flush=True)
+    timings = time_steps(steps_by_name, steps, warmup)
     for name in distortions:
-      print(f"timing the {name} train step ...", flush=True)
-      distortion = training.make_distortion(name, trunk=trunk, weights_path=weights)
-      seconds = time_steps(distortion, crops, arch, hparams, batch_size, steps,
-                           warmup)
+      seconds = timings[name]
       step = float(np.median(seconds))
       rows.append(dict(distortion=name, s_per_step=step,
                        s_per_step_mean=float(np.mean(seconds)),
+                       s_per_step_quartiles=[float(q) for q in
+                                             np.percentile(seconds, [25, 75])],
                        images_per_s=batch_size / step, steps=steps))
   base = next((r["s_per_step"] for r in rows if r["distortion"] == "mse"), None)
   for row in rows:
@@ -103,13 +125,14 @@ def run(out_dir="bench/results", distortions=DISTORTIONS, arch="hyperprior",
                 lpips_trunk=trunk, lpips_weights=weights_note, optimizer="Adam",
                 device="one device (tf.distribute default strategy)")
   table = common.markdown_table(
-      ["distortion", "s/step (median)", "images/s", "× MSE step"],
-      [[r["distortion"], f"{r['s_per_step']:.3f}", f"{r['images_per_s']:.1f}",
+      ["distortion", "s/step (median)", "quartiles", "images/s", "× MSE step"],
+      [[r["distortion"], f"{r['s_per_step']:.3f}",
+        "{:.3f}–{:.3f}".format(*r["s_per_step_quartiles"]), f"{r['images_per_s']:.1f}",
         "" if r["ratio_to_mse"] is None else f"{r['ratio_to_mse']:.2f}"]
        for r in rows])
   note = (f"{arch}, num_filters={num_filters}, batch {batch_size} of "
           f"{patch_size}x{patch_size} crops, Adam, median of {steps} steps after "
-          f"{warmup} warm-up steps")
+          f"{warmup} warm-up steps, distortions interleaved step by step")
   if weights_note:
     note += f"; LPIPS-{trunk} with {weights_note}"
   return common.write(out_dir, "train", dict(config=config, rows=rows),
@@ -125,8 +148,8 @@ def main(argv=None):
   parser.add_argument("--num_filters", type=int, default=64)
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--patch_size", type=int, default=128)
-  parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--warmup", type=int, default=5)
   parser.add_argument("--trunk", default="alex", choices=("alex", "vgg", "squeeze"))
   parser.add_argument("--out", default="bench/results")
   args = parser.parse_args(argv)

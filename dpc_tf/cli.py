@@ -222,32 +222,68 @@ def _quality(image, decoded):
   return f"PSNR {psnr:.2f} dB, MS-SSIM {ms:.4f} ({metrics.msssim_db(ms):.2f} dB)"
 
 
+def _max_pixels(text):
+  if text.lower() == "none":
+    return None
+  try:
+    value = int(float(text))
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise argparse.ArgumentTypeError(
+        f"--max-pixels takes a positive number of pixels or 'none', got {text!r}")
+  return value
+
+
+def _decoder(args, model):
+  """decode(bytes) -> image with `model`: in a worker process with a time
+  budget (default), or in this process with --in-process."""
+  if args.in_process:
+    if args.timeout is not None:
+      raise CommandError("--timeout needs the decoder process; drop --in-process.")
+    codec = _load_codec(model)
+    return lambda data: codec.decode(data, max_pixels=args.max_pixels)
+  from dpc_tf import files, isolation
+  try:
+    files.resolve_model(model)  # A clear error before starting a worker.
+  except files.ModelFileError as e:
+    raise CommandError(str(e)) from None
+  # This process never imports TensorFlow: the worker loads the model.
+  decoder = isolation.DecoderProcess(model)
+  try:
+    decoder.wait_ready()
+  except isolation.DecoderStartError as e:
+    raise CommandError(str(e)) from None
+  return lambda data: decoder.decode(data, max_pixels=args.max_pixels,
+                                     timeout=args.timeout)
+
+
 def _run_decompress(args):
   # Not `photo.png`: that is likely the original the bitstream was made from.
   outputs = _plan_outputs(args, DECODED_SUFFIX)
-  codecs = {}
+  decoders = {}
   if args.model:
-    codecs[None] = _load_codec(args.model)
+    decoders[None] = _decoder(args, args.model)
   _make_out_dir(args)
   from dpc_tf import container, files, images
 
-  def codec_for(data):
+  def decoder_for(data):
     if args.model:
-      return codecs[None]
+      return decoders[None]
     # No model given: the zoo model the bitstream names in its header.
-    model = _zoo_model_of(container.unpack(data).header)
-    if model not in codecs:
-      codecs[model] = _load_codec(model)
-    return codecs[model]
+    model = _zoo_model_of(container.unpack(data, args.max_pixels).header)
+    if model not in decoders:
+      decoders[model] = _decoder(args, model)
+    return decoders[model]
 
   def work(path):
     out = outputs[path]
     files.check_writable_target(out, overwrite=args.force)  # Before the work.
     with open(path, "rb") as f:
       data = f.read()
-    codec = codec_for(data)
+    decode = decoder_for(data)
     start = time.perf_counter()
-    image = codec.decode(data)
+    image = decode(data)
     seconds = time.perf_counter() - start
     images.write_image(out, image, overwrite=args.force)
     height, width, _ = image.shape
@@ -269,6 +305,8 @@ def _run_info(args):
 
 
 def _info(path):
+  # Only the container module for a bitstream: `saving` (and so TensorFlow,
+  # ~5 s) is imported for model directories alone.
   from dpc_tf import container, files
   if os.path.isdir(path):
     kind, directory = files.resolve_model(path)
@@ -357,6 +395,21 @@ def build_parser():
   p.add_argument("inputs", nargs="+", metavar="FILE.dpc")
   _model_argument(p)
   _output_arguments(p, DECODED_SUFFIX)
+  from dpc_tf import container
+  p.add_argument(
+      "--max-pixels", type=_max_pixels, default=container.DEFAULT_MAX_PIXELS,
+      metavar="N", help="refuse bitstreams declaring more pixels (decompression "
+      f"bombs); default {container.DEFAULT_MAX_PIXELS} (twice Pillow's "
+      "MAX_IMAGE_PIXELS); 'none' for no limit")
+  p.add_argument(
+      "--timeout", type=float, metavar="SECONDS",
+      help="time budget per file (default 30 s + 30 s per megapixel); a file "
+      "that takes longer is reported as damaged or crafted and the decoder "
+      "process is restarted")
+  p.add_argument(
+      "--in-process", action="store_true",
+      help="decode in this process, without a time budget: only for files you "
+      "trust (a crafted file can hang tensorflow-compression's range decoder)")
   p.set_defaults(run=_run_decompress)
 
   p = sub.add_parser("info", help="describe bitstreams or models")

@@ -12,9 +12,16 @@ Encoding is deterministic (the same image gives the same bytes) and decoding
 gives the same pixels in any process on the same platform. Floating-point
 differences between CPU types can change the entropy model's indexes, so move
 bitstreams between machines of one kind (a known property of learned codecs).
+
+Untrusted input: `decode` refuses headers above `max_pixels` (default twice
+Pillow's bomb limit) and strings too short for the declared size, but a
+crafted string can still hang tfc's range decoder forever (see
+`dpc_tf.isolation`); `load_codec(path, isolate=True)` decodes in a worker
+process with a time budget instead.
 """
 
 import dataclasses
+import os
 import zlib
 
 import numpy as np
@@ -46,7 +53,14 @@ class RateControlResult:
 
 
 class Codec:
-  """Encodes and decodes images with a trained `CompressionModel`."""
+  """Encodes and decodes images with a trained `CompressionModel`.
+
+  Set `isolate` (True, or a `DecoderProcess`) to decode in a worker process
+  with a time budget: only for a codec loaded from a path (`load_codec`).
+  """
+
+  isolate = False
+  model_path = None
 
   def __init__(self, model):
     if not model.is_frozen:
@@ -58,7 +72,9 @@ class Codec:
 
   @classmethod
   def load(cls, path):
-    return cls(saving.load_model(path))
+    codec = cls(saving.load_model(path))
+    codec.model_path = os.fspath(path)
+    return codec
 
   @property
   def model_id(self):
@@ -160,15 +176,19 @@ class Codec:
     return RateControlResult(best[1], best[0], best[2], target,
                              abs(best[2] - target) <= BPP_TOLERANCE * target)
 
-  def decode(self, data):
-    """bytes -> uint8 [H, W, C]. Raises `container.BitstreamError`."""
-    stream = container.unpack(data)
-    self.check_compatible(stream.header)
+  def decode(self, data, max_pixels=container.DEFAULT_MAX_PIXELS):
+    """bytes -> uint8 [H, W, C]. Raises `container.BitstreamError`.
+
+    `max_pixels`: refuse larger declared images (`ImageTooLargeError`); None
+    for no limit. Decoding takes ~1.8 kB of memory per pixel with a
+    192-filter hyperprior (README, "Decoder memory"): set the limit from the
+    memory a decode may have.
+    """
+    stream = container.unpack(data, max_pixels)
+    self.check_stream(stream)
+    if self.isolate:
+      return self._decoder_process().decode(data, max_pixels=max_pixels)
     h = stream.header
-    if len(stream.strings) != len(self.model.string_names):
-      raise container.BitstreamError(
-          f"Corrupt bitstream: {len(stream.strings)} strings, the model codes "
-          f"{len(self.model.string_names)}.")
     if self.model.variable_rate:
       try:
         quality = self.model.check_quality(h.quality)
@@ -202,6 +222,39 @@ class Codec:
       color = np.concatenate([color, alpha], axis=-1)
     return color
 
+  def check_stream(self, stream):
+    """Raises `BitstreamError` unless this model made the stream and its
+    strings can hold the image its header declares."""
+    self.check_compatible(stream.header)
+    names = self.model.string_names
+    if len(stream.strings) != len(names):
+      raise container.BitstreamError(
+          f"Corrupt bitstream: {len(stream.strings)} strings, the model codes "
+          f"{len(names)}.")
+    # Only Python models have the tables for the bound; an exported SavedModel
+    # (`serving.SavedModelCodec`) goes straight to decoding.
+    bounds = getattr(self.model, "min_string_bytes", None)
+    if bounds is None:
+      return
+    h = stream.header
+    for name, string, least in zip(names, stream.strings, bounds((h.height, h.width))):
+      if len(string) < least:
+        raise container.BitstreamError(
+            f"Corrupt bitstream: string {name!r} has {len(string)} bytes, but "
+            f"a {h.width}x{h.height} image needs at least {least} with this "
+            "model; the declared size does not match the data (damaged or "
+            "crafted to exhaust memory).")
+
+  def _decoder_process(self):
+    from dpc_tf import isolation  # pylint: disable=import-outside-toplevel
+    if isinstance(self.isolate, isolation.DecoderProcess):
+      return self.isolate
+    if self.model_path is None:
+      raise ValueError("isolate=True needs a codec loaded from a path "
+                       "(dpc_tf.load_codec(path, isolate=True)).")
+    self.isolate = isolation.DecoderProcess(self.model_path)
+    return self.isolate
+
   def check_compatible(self, header):
     """Raises `ModelMismatchError` unless this model made the bitstream."""
     if (header.architecture, header.config_hash, header.fingerprint) != (
@@ -212,13 +265,21 @@ class Codec:
           "(`dpc info FILE` shows which).")
 
 
-def load_codec(path):
+def load_codec(path, isolate=False):
   """A `Codec` for a model path: a model directory saved by `dpc_tf.save_model`,
-  a dpc-train run directory (its `model/`), or a SavedModel exported by
-  `dpc-export` (`<base>/<name>/<version>`, or `<base>/<name>` for its highest
-  version). See `dpc_tf.files.resolve_model`."""
-  kind, path = files.resolve_model(path)
+  a dpc-train run directory (its `model/`), `zoo:NAME`, or a SavedModel
+  exported by `dpc-export` (`<base>/<name>/<version>`, or `<base>/<name>` for
+  its highest version). See `dpc_tf.files.resolve_model`.
+
+  `isolate=True`: `decode` runs in a worker process with a time budget
+  (`dpc_tf.isolation.DecoderProcess`), for bitstreams from untrusted sources.
+  """
+  kind, resolved = files.resolve_model(path)
   if kind == "saved_model":
     from dpc_tf import serving  # pylint: disable=import-outside-toplevel
-    return serving.SavedModelCodec.load(path)
-  return Codec.load(path)
+    codec = serving.SavedModelCodec.load(resolved)
+  else:
+    codec = Codec.load(resolved)
+  codec.model_path = os.fspath(path)
+  codec.isolate = isolate
+  return codec

@@ -32,7 +32,12 @@ import zlib
 MAGIC = b"\x89DPC"
 FORMAT_VERSION = 2
 READ_VERSIONS = (1, 2)
-MAX_PIXELS = 1 << 30  # Refuse to allocate absurd images from a crafted header.
+# Decompression-bomb guard, as Pillow's: Image.MAX_IMAGE_PIXELS (89 478 485,
+# a quarter GiB of RGB) is where Pillow warns and twice that where it refuses;
+# we refuse above twice that by default. `unpack(max_pixels=)`,
+# `Codec.decode(max_pixels=)` and `dpc decompress --max-pixels` raise it.
+PILLOW_MAX_IMAGE_PIXELS = 89_478_485
+DEFAULT_MAX_PIXELS = 2 * PILLOW_MAX_IMAGE_PIXELS
 
 
 class BitstreamError(ValueError):
@@ -41,6 +46,10 @@ class BitstreamError(ValueError):
 
 class ModelMismatchError(BitstreamError):
   """The bitstream was made by a different model than the one given."""
+
+
+class ImageTooLargeError(BitstreamError):
+  """The header declares more pixels than the caller's limit allows."""
 
 
 class QualityError(ValueError):
@@ -131,8 +140,12 @@ class _Reader:
         raise BitstreamError(f"Corrupt bitstream: bad length field for {what}.")
 
 
-def unpack(data):
-  """bytes -> Bitstream. Raises `BitstreamError` naming what is wrong."""
+def unpack(data, max_pixels=DEFAULT_MAX_PIXELS):
+  """bytes -> Bitstream. Raises `BitstreamError` naming what is wrong.
+
+  `max_pixels`: refuse (`ImageTooLargeError`) a header declaring more pixels
+  than this; None for no limit (only for files you trust).
+  """
   data = bytes(data)
   if len(data) < 5 or data[:4] != MAGIC:
     raise BitstreamError(
@@ -174,10 +187,22 @@ def unpack(data):
                          "damaged after it was written).")
   if channels not in (1, 2, 3, 4):
     raise BitstreamError(f"Corrupt bitstream: {channels} channels.")
-  if not 0 < height * width <= MAX_PIXELS:
-    raise BitstreamError(f"Corrupt bitstream: image size {height}x{width}.")
+  if not height or not width:
+    raise BitstreamError(f"Corrupt bitstream: image size {width}x{height}.")
+  check_pixels(height, width, max_pixels)
   if not (quality == 0.0 or 1.0 <= quality < 256.0):  # Also refuses NaN.
     raise BitstreamError(f"Corrupt bitstream: quality {quality}.")
   header = Header(architecture, config_hash, fingerprint, height, width,
                   channels, quality)
   return Bitstream(header, strings, alpha)
+
+
+def check_pixels(height, width, max_pixels):
+  """Raises `ImageTooLargeError` if height x width exceeds max_pixels (None: no limit)."""
+  if max_pixels is not None and height * width > max_pixels:
+    raise ImageTooLargeError(
+        f"The bitstream declares a {width}x{height} image ({height * width:,} "
+        f"pixels), above the limit of {max_pixels:,} pixels that guards against "
+        "decompression bombs (as Pillow's). If you trust the file, raise the "
+        "limit: `dpc decompress --max-pixels N` or Codec.decode(data, "
+        "max_pixels=N).")

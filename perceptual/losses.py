@@ -173,7 +173,9 @@ class DPCLoss(Distortion):
   Patel et al. (2019) train on a perceptual metric and MS-SSIM together:
   LPIPS alone leaves checkerboard artefacts, and the MS-SSIM term keeps the
   structure. `components()` returns the unweighted terms, "lpips" and
-  "msssim" (the latter is 1 − MS-SSIM), so training logs both.
+  "msssim_loss" (1 − MS-SSIM: a loss, so not named "msssim", which everywhere
+  else, e.g. the validation images' TensorBoard logs, means MS-SSIM itself),
+  so training logs both.
 
   Args:
     alpha: weight of LPIPS, in [0, 1]; MS-SSIM gets 1 − alpha. The default
@@ -200,7 +202,7 @@ class DPCLoss(Distortion):
     lpips_term = self.lpips.call(x, x_hat)
     msssim_term = self.msssim.call(x, x_hat)
     total = self.alpha * lpips_term + (1.0 - self.alpha) * msssim_term
-    return total, {"lpips": lpips_term, "msssim": msssim_term}
+    return total, {"lpips": lpips_term, "msssim_loss": msssim_term}
 
   def call(self, x, x_hat):
     return self.terms(x, x_hat)[0]

@@ -112,3 +112,24 @@ def test_models_lists_architectures(capsys):
   out = capsys.readouterr().out
   for name in ["factorized", "hyperprior", "mean_scale_hyperprior", "joint"]:
     assert name in out
+
+
+def test_info_on_a_bitstream_does_not_import_tensorflow(tmp_path):
+  """The README's promise: `dpc info file.dpc` answers without TensorFlow."""
+  from dpc_tf import container
+  header = container.Header("hyperprior", b"abcd", b"01234567", 40, 60, 3)
+  path = tmp_path / "x.dpc"
+  path.write_bytes(container.pack(container.Bitstream(header, (b"z" * 5, b"y" * 99))))
+  script = ("import sys\n"
+            "from dpc_tf import cli\n"
+            "code = cli.main(['info', sys.argv[1]])\n"
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'tensorflow_compression', 'keras'))\n"
+            "print('LOADED', loaded)\n"
+            "sys.exit(code)\n")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run([sys.executable, "-c", script, str(path)],
+                          capture_output=True, text=True, env=env, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert "60x40 RGB" in result.stdout and "strings: 5, 99" in result.stdout
+  assert "LOADED []" in result.stdout

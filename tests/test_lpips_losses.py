@@ -51,19 +51,19 @@ def test_dpc_is_weighted_lpips_plus_one_minus_msssim(weights):
   x, x_hat = photo_pairs()
   loss = perceptual.DPCLoss(alpha=0.3, trunk="alex", weights_path=weights)
   total, components = loss.terms(x, x_hat)
-  assert set(components) == {"lpips", "msssim"}
+  assert set(components) == {"lpips", "msssim_loss"}
   lpips = perceptual.LPIPS("alex", weights_path=weights, check_range=False)(
       x, x_hat)
   one_minus_msssim = 1.0 - perceptual.msssim(x, x_hat)
   np.testing.assert_allclose(components["lpips"], lpips, rtol=1e-6)
-  np.testing.assert_allclose(components["msssim"], one_minus_msssim, rtol=1e-6)
+  np.testing.assert_allclose(components["msssim_loss"], one_minus_msssim, rtol=1e-6)
   np.testing.assert_allclose(total, 0.3 * lpips + 0.7 * one_minus_msssim,
                              rtol=1e-6)
   np.testing.assert_allclose(loss(x, x_hat), total, rtol=1e-6)
   for name, value in loss.components(x, x_hat).items():
     np.testing.assert_allclose(value, components[name], rtol=1e-6)
   assert (components["lpips"].numpy() > 0).all()
-  assert (components["msssim"].numpy() > 0).all()
+  assert (components["msssim_loss"].numpy() > 0).all()
 
 
 def test_gradients_reach_the_reconstruction(weights):

@@ -189,7 +189,7 @@ def test_training_program_end_to_end_with_dpc_loss(photos, tmp_path):
   files = summary["training_files"]
   assert (files["usable"], files["unreadable"], files["too_small"]) == (5, 1, 1)
   assert summary["validation_skipped"] == {"unreadable": 1, "too_small": 1}
-  assert {"lpips", "msssim", "bpp", "psnr", "val_lpips"} <= set(summary["final_logs"])
+  assert {"lpips", "msssim_loss", "bpp", "psnr", "val_lpips"} <= set(summary["final_logs"])
   # The model is saved with its config, and codes images.
   model = dpc_tf.load_model(output_dir / "model")
   assert model.get_config()["num_filters"] == 8
@@ -202,11 +202,14 @@ def test_training_program_end_to_end_with_dpc_loss(photos, tmp_path):
   # validation images.
   logs = output_dir / "logs"
   train_tags = tensorboard_tags(logs / "train")
-  for name in ("loss", "bpp", "distortion", "lpips", "msssim", "psnr", "mse"):
+  # One meaning per tag: msssim_loss is 1 - MS-SSIM (a training term),
+  # msssim is MS-SSIM (validation images), never the other way round.
+  for name in ("loss", "bpp", "distortion", "lpips", "msssim_loss", "psnr", "mse"):
     assert train_tags.get(f"epoch_{name}") == 2
     assert train_tags.get(f"batch_{name}", 0) >= 2
   assert train_tags.get("epoch_learning_rate") == 2
   assert tensorboard_tags(logs / "validation").get("epoch_loss") == 2
+  assert "epoch_msssim" not in train_tags
   image_tags = tensorboard_tags(logs / "val_images")
   for name in ("psnr", "msssim", "msssim_db", "lpips", "bpp"):
     assert image_tags.get(f"epoch_{name}") == 2

@@ -279,7 +279,9 @@ class CompressionModel(tf.keras.Model):
     for name, em in frozen.items():
       setattr(self, f"frozen_{name}", em)
     self._frozen = frozen
-    self.__dict__.pop("_function_cache", None)  # Traced with the old tables.
+    # Traced with, or computed from, the old tables.
+    self.__dict__.pop("_function_cache", None)
+    self.__dict__.pop("_min_bits_cache", None)
 
   def codec_variables(self):
     """The variables that define the codec: weights, then frozen tables.
@@ -530,6 +532,40 @@ class CompressionModel(tf.keras.Model):
                              self._level(quality))
     return self._to_image(x_hat, image_shape)
 
+  def min_string_bytes(self, image_shape):
+    """The fewest bytes each string (`string_names` order) of an encoded
+    image of this [height, width] can have, from the frozen coding tables.
+
+    Each symbol narrows the range coder's interval by at most its table's most
+    probable mass (plus 2^-16 for rounding), so N symbols cost at least
+    I = sum(-log2 p_max) bits, and the encoder writes at least (I - 16) / 8
+    bytes minus the zeros it may leave implicit at the end (a few bytes; 18
+    allowed). A header that declares a huge image over short strings — a
+    decompression bomb — is refused with this before any tensor is allocated.
+    """
+    self._require_frozen()
+    padded = [-(-int(side) // self.stride) * self.stride for side in image_shape]
+    bounds = []
+    for table, positions in self._string_symbols(*padded):
+      bits = positions * self._min_bits_per_position(table)
+      bounds.append(max(0, math.floor((bits - 16) / 8) - 18))
+    return tuple(bounds)
+
+  def _min_bits_per_position(self, table):
+    """Fewest bits a latent position costs in frozen model `table`: the sum over
+    channels for a batched model (one CDF per channel), the minimum over CDFs
+    for the indexed one (one symbol per position)."""
+    cache = self.__dict__.setdefault("_min_bits_cache", {})
+    if table not in cache:
+      em = self._frozen[table]
+      bits = -np.log2(np.minimum(1.0, _max_masses(em.cdf.numpy()) + 2.0**-16))
+      cache[table] = float(bits.sum() if table != "indexed" else bits.min())
+    return cache[table]
+
+  def _string_symbols(self, padded_height, padded_width):
+    """[(frozen table name, latent positions)] per string, `string_names` order."""
+    raise NotImplementedError
+
   def image_latents(self, image, quality=None):
     """uint8 [H, W, 3] -> the quantised latents (what is entropy-coded).
 
@@ -620,3 +656,24 @@ class CompressionModel(tf.keras.Model):
     if not training or self.quantization_proxy == "noise":
       return value_tilde, bits
     return em.quantize(value, **extra), bits
+
+
+def _max_masses(cdf):
+  """The largest probability mass of each CDF in tfc's flat range-coding table.
+
+  The table is CDFs one after another, each [±precision, 0, ..., 2^precision]
+  padded with 2^precision (tfc's `ScanCDF` reads it the same way).
+  """
+  cdf = [int(v) for v in cdf]
+  masses, i = [], 0
+  while i < len(cdf):
+    precision = abs(cdf[i])
+    top = 1 << precision
+    start = i = i + 1
+    while cdf[i] != top:
+      i += 1
+    masses.append(max(np.diff(cdf[start:i + 1])) / top)
+    i += 1
+    while i < len(cdf) and cdf[i] == top:
+      i += 1
+  return np.array(masses)

@@ -57,5 +57,8 @@ class FactorizedCodec(CompressionModel):
     y_hat = self.frozen_y.decompress(strings[0], padded_shape // 16)
     return self.synthesis_transform(self._ungain_latents(y_hat, level))
 
+  def _string_symbols(self, padded_height, padded_width):
+    return [("y", (padded_height // 16) * (padded_width // 16))]
+
   def _latents(self, x, level):
     return tf.round(self._gain_latents(self.analysis_transform(x), level))

@@ -107,6 +107,11 @@ class HyperpriorCodec(CompressionModel):
     y_hat = self.frozen_indexed.decompress(strings[1], indexes, loc=means)
     return self.synthesis_transform(self._ungain_latents(y_hat, level))
 
+  def _string_symbols(self, padded_height, padded_width):
+    z = (padded_height // self.stride) * (padded_width // self.stride)
+    return [("z", z),
+            ("indexed", (padded_height // 16) * (padded_width // 16) * self.latent_depth)]
+
   def _latents(self, x, level):
     y = self._gain_latents(self.analysis_transform(x), level)
     if not self.predicts_means:

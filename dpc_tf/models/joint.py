@@ -163,6 +163,12 @@ class ChannelwiseContextCodec(CompressionModel):
     y_hat = self._slices(z_hat, padded_shape // 16, level, code_slice)
     return self.synthesis_transform(self._ungain_latents(y_hat, level))
 
+  def _string_symbols(self, padded_height, padded_width):
+    z = (padded_height // self.stride) * (padded_width // self.stride)
+    y = (padded_height // 16) * (padded_width // 16) * (
+        self.latent_depth // self.num_slices)
+    return [("z", z)] + [("indexed", y)] * self.num_slices
+
   def _latents(self, x, level):
     y = self._gain_latents(self.analysis_transform(x), level)
     z_hat = tf.round(self._hyper_latents(y, level))
