@@ -474,6 +474,11 @@ class CompressionModel(tf.keras.Model):
           self.compress_analyzed, input_signature=[y, shape] + quality)
     return cache[name]
 
+  def trace_decoder(self):
+    """Traces the decoder now rather than at the first decode (servers)."""
+    self._require_frozen()
+    self._traced("decompress").get_concrete_function()
+
   def _quality_inputs(self, quality):
     """[] for a fixed-rate model, [float32 quality] for a variable-rate one."""
     if isinstance(quality, tf.Tensor):
