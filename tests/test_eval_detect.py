@@ -89,27 +89,90 @@ def _square_finder():
   return SquareFinder()
 
 
+# The quantized SSD: a GRID x GRID grid of CELL-pixel anchors on SSD_SIZE^2 images.
+GRID, CELL = 4, 8
+SSD_SIZE = GRID * CELL
+
+
+def _postprocess_signature(num_classes):
+  """The attributes by which TFLite's converter puts its TFLite_Detection_PostProcess
+  op in place of a function, as the Object Detection API's TFLite export does."""
+  attributes = {"max_detections": "i: 10", "max_classes_per_detection": "i: 1",
+                "detections_per_class": "i: 10", "use_regular_nms": "b: false",
+                "nms_score_threshold": "f: 0.3", "nms_iou_threshold": "f: 0.6",
+                "y_scale": "f: 10.0", "x_scale": "f: 10.0", "h_scale": "f: 5.0",
+                "w_scale": "f: 5.0", "num_classes": f"i: {num_classes}"}
+  return " ".join(['name: "TFLite_Detection_PostProcess"'] + [
+      f'attr {{ key: "{key}" value {{ {value} }} }}' for key, value in attributes.items()])
+
+
+def _quantized_ssd(folder):
+  """A uint8-input, int8-quantized SSD whose anchors are the grid's cells and
+  whose class scores say how close each cell's mean colour is to a square's:
+  the structure of TF's COCO SSD-MobileNet in a few ops. Returns the .tflite path."""
+  import tensorflow as tf
+
+  @tf.function(experimental_implements=_postprocess_signature(len(COLORS)))
+  def postprocess(box_encodings, class_predictions, anchors):
+    del box_encodings, class_predictions, anchors  # The converter puts the op here.
+    return (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0), tf.constant(0.0))
+
+  centers = (np.arange(GRID) + 0.5) / GRID
+  # (y center, x center, height, width), normalised, as the op takes anchors.
+  anchors = np.array([[y, x, 1 / GRID, 1 / GRID] for y in centers for x in centers],
+                     np.float32)
+  kernel = (0.04 * (3 * np.eye(3) - 1)).astype(np.float32)  # 2 x_k - x_j - x_l
+
+  @tf.function(input_signature=[tf.TensorSpec([1, SSD_SIZE, SSD_SIZE, 3], tf.float32)])
+  def ssd(images):
+    cells = tf.nn.avg_pool2d(images, CELL, CELL, "VALID")
+    scores = tf.sigmoid(tf.nn.conv2d(cells, kernel[None, None], 1, "VALID") - 4.0)
+    scores = tf.reshape(scores, [1, GRID * GRID, len(COLORS)])
+    # Column 0 is the background class, which the op skips.
+    class_predictions = tf.concat([tf.zeros_like(scores[..., :1]), scores], axis=-1)
+    return postprocess(tf.zeros([1, GRID * GRID, 4]), class_predictions, tf.constant(anchors))
+
+  module = tf.Module()
+  module.ssd = ssd
+  saved_model = os.path.join(folder, "ssd_saved_model")
+  tf.saved_model.save(module, saved_model, signatures={"serving_default": ssd})
+
+  def representative_images():
+    for color in COLORS:
+      image = np.full((1, SSD_SIZE, SSD_SIZE, 3), 128, np.float32)
+      image[:, :CELL, :CELL] = color
+      yield [image]
+    yield [np.zeros((1, SSD_SIZE, SSD_SIZE, 3), np.float32)]
+    yield [np.full((1, SSD_SIZE, SSD_SIZE, 3), 255, np.float32)]
+
+  converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  converter.representative_dataset = representative_images
+  converter.inference_input_type = tf.uint8
+  path = os.path.join(folder, "ssd_quantized.tflite")
+  with open(path, "wb") as stream:
+    stream.write(converter.convert())
+  return path
+
+
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-  """Four synthetic images, their instances.json (plus one missing file), and
-  the square finder as a SavedModel and as a TFLite model."""
+  """Four synthetic images, their instances.json (plus one missing file), the
+  square finder as a SavedModel and as a TFLite model (any input size), and a
+  quantized SSD with the post-processing op (TFLite)."""
   import tensorflow as tf
   folder = str(tmp_path_factory.mktemp("scenes"))
   instances = _make_instances(folder, SCENES, extra_images=["missing.png"])
   finder = _square_finder()
   saved_model = os.path.join(folder, "square_finder")
   tf.saved_model.save(finder, saved_model, signatures={"serving_default": finder.serve})
-  # TFLite: one model of any input size, one that takes 48x32 images only.
-  fixed = tf.function(finder.serve, input_signature=[
-      tf.TensorSpec([1, HEIGHT // 2, WIDTH // 2, 3], tf.uint8)])
-  paths = {"folder": folder, "instances": instances, "saved_model": saved_model}
-  for name, function in (("tflite_dynamic", finder.serve), ("tflite", fixed)):
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [function.get_concrete_function()], finder)
-    paths[name] = os.path.join(folder, f"{name}.tflite")
-    with open(paths[name], "wb") as stream:
-      stream.write(converter.convert())
-  return paths
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+      [finder.serve.get_concrete_function()], finder)
+  tflite = os.path.join(folder, "square_finder.tflite")
+  with open(tflite, "wb") as stream:
+    stream.write(converter.convert())
+  return {"folder": folder, "instances": instances, "saved_model": saved_model,
+          "tflite": tflite, "ssd": _quantized_ssd(folder)}
 
 
 def _gt(tmp_path, annotations, width=200, height=200):
@@ -183,28 +246,39 @@ def test_detectors_find_the_squares(scenes):
     [box] = found.boxes[found.classes == detector_class]
     np.testing.assert_allclose(box, [y / HEIGHT, x / WIDTH, (y + SIDE) / HEIGHT,
                                      (x + SIDE) / WIDTH], atol=1e-6)
-  # The TFLite model takes 48x32 images: the detector resizes and the boxes,
-  # normalised, stay put (to a pixel of the small image).
+  # The TFLite model (signature outputs) takes any size: the image as it is.
   tflite = detectors.load_detector(scenes["tflite"])
-  assert tflite.input_size == (HEIGHT // 2, WIDTH // 2)
-  small = tflite.detect(image)
-  assert sorted(small.classes.tolist()) == [0, 1, 2]
-  for detector_class in range(3):
-    np.testing.assert_allclose(small.boxes[small.classes == detector_class][0],
-                               found.boxes[found.classes == detector_class][0], atol=1.5 / 32)
-  with pytest.raises(ValueError, match="uint8 RGB"):
-    tflite.detect(image[..., :2])
-  # A model of any input size gets the image as it is: exact boxes.
-  dynamic = detectors.load_detector(scenes["tflite_dynamic"])
-  assert dynamic.input_size is None
+  assert tflite.input_size is None and tflite.input_dtype == "uint8"
   for _ in range(2):  # The input is resized once, then reused.
-    same = dynamic.detect(image)
+    same = tflite.detect(image)
     np.testing.assert_allclose(same.boxes, found.boxes, atol=1e-6)
     np.testing.assert_array_equal(same.classes, found.classes)
+  with pytest.raises(ValueError, match="uint8 RGB"):
+    tflite.detect(image[..., :2])
   with pytest.raises(ValueError, match="float models only"):
     detectors.TFLiteDetector(scenes["tflite"], input_mean=127.5, input_std=127.5)
   with pytest.raises(ValueError, match="neither a .tflite file nor a SavedModel"):
     detectors.load_detector(scenes["instances"])
+
+
+def test_quantized_ssd_with_the_postprocessing_op(scenes):
+  ssd = detectors.load_detector(scenes["ssd"])
+  assert ssd.input_size == (SSD_SIZE, SSD_SIZE) and ssd.input_dtype == "uint8"
+  # Squares on cells (row, column); a 2x larger image is resized to the input.
+  squares = {0: (1, 2), 2: (3, 0)}
+  for scale in (1, 2):
+    image = np.full((SSD_SIZE * scale, SSD_SIZE * scale, 3), 128, np.uint8)
+    for detector_class, (row, column) in squares.items():
+      side = CELL * scale
+      image[row * side:(row + 1) * side, column * side:(column + 1) * side] = \
+          COLORS[detector_class]
+    found = ssd.detect(image)
+    assert sorted(found.classes.tolist()) == sorted(squares)
+    for detector_class, (row, column) in squares.items():
+      [box] = found.boxes[found.classes == detector_class]
+      np.testing.assert_allclose(box, np.array([row, column, row + 1, column + 1]) / GRID,
+                                 atol=1e-6)
+    assert (found.scores > 0.3).all()
 
 
 class _Shift(codecs.Codec):

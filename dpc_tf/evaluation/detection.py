@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import os
+import time
 
 import numpy as np
 
@@ -273,7 +274,6 @@ class DetectionTask:
     pass
 
   def measure(self, original, decoded):
-    import time
     start = time.perf_counter()
     detections = self.detector.detect(decoded)
     return {"detect_ms": 1e3 * (time.perf_counter() - start),

@@ -15,7 +15,8 @@ Two kinds are built in, for the two forms TensorFlow detectors are shipped in:
 - `TFLiteDetector`: a TFLite model with `tf.lite.Interpreter`, e.g. the
   quantized COCO SSD-MobileNet, whose four outputs come from the
   `TFLite_Detection_PostProcess` op (boxes, classes, scores, count, in that
-  order) or from a signature with the Object Detection API's output names. The
+  order, found by the op whatever the outputs are named) or from a signature
+  with the Object Detection API's output names. The
   image is resized (bilinear) to the model's fixed input size; uint8 inputs take
   the pixels as they are (the model's input quantization maps them), float
   inputs need the normalisation stated (`input_mean`, `input_std`).
@@ -195,22 +196,26 @@ class TFLiteDetector(Detector):
     self._sha256 = file_sha256(path)
 
   def _output_indices(self):
-    """{"boxes"|"classes"|"scores"|"count": tensor index} from the output names."""
+    """{"boxes"|"classes"|"scores"|"count": tensor index} of the detections."""
     details = self._interpreter.get_output_details()
-    by_name = {d["name"]: d["index"] for d in details}
-    names = [self._POSTPROCESS] + [f"{self._POSTPROCESS}:{i}" for i in range(1, 4)]
-    if all(name in by_name for name in names):
-      return dict(zip(self._POSTPROCESS_ORDER, (by_name[n] for n in names)))
+    outputs = {int(d["index"]) for d in details}
+    # TF's SSD models end with the post-processing op: its four outputs in the
+    # op's order, whatever names the converter gave them (TF1 and TF2 exports
+    # differ). `_get_ops_details` is how the Python API lists ops (TF >= 2.2).
+    for op in self._interpreter._get_ops_details():  # pylint: disable=protected-access
+      found = [int(i) for i in op["outputs"]]
+      if op["op_name"] == self._POSTPROCESS and len(found) == 4 and set(found) <= outputs:
+        return dict(zip(self._POSTPROCESS_ORDER, found))
     signatures = self._interpreter.get_signature_list()
     if len(signatures) == 1:
-      [(key, signature)] = signatures.items()
+      [key] = signatures
       runner_outputs = self._interpreter.get_signature_runner(key).get_output_details()
       if all(name in runner_outputs for name in self._SIGNATURE_NAMES):
         return {self._SIGNATURE_NAMES[n]: runner_outputs[n]["index"] for n in self._SIGNATURE_NAMES}
     raise ValueError(
-        f"cannot tell the outputs of {self.path!r} apart: expected the four outputs of "
-        f"{self._POSTPROCESS} or a signature with outputs {sorted(self._SIGNATURE_NAMES)}, "
-        f"found {sorted(by_name)} and signatures {signatures}.")
+        f"cannot tell the outputs of {self.path!r} apart: expected the four outputs of a "
+        f"{self._POSTPROCESS} op or a signature with outputs {sorted(self._SIGNATURE_NAMES)}; "
+        f"found outputs {sorted(d['name'] for d in details)} and signatures {signatures}.")
 
   @property
   def input_size(self):
