@@ -9,6 +9,7 @@ different image set.
 """
 
 import csv
+import io
 import json
 import math
 import os
@@ -159,7 +160,9 @@ def plot_curves(rows, metric, path_stem, learned_codecs=(), anchor=None, title=N
   written = []
   for extension in ("png", "svg"):
     path = f"{path_stem}.{extension}"
-    _write_atomic(path, lambda stream: figure.savefig(stream, format=extension), "wb")
+    image = io.BytesIO()
+    figure.savefig(image, format=extension)
+    _write_atomic(path, image.getvalue())
     written.append(path)
   return written
 
@@ -191,36 +194,28 @@ def _json_safe(value):
   return value
 
 
-def _write_atomic(path, write, mode="w"):
-  """Writes through a temporary file and renames it: readers never see half a file."""
-  temporary = f"{path}.tmp{os.getpid()}"
-  try:
-    with open(temporary, mode, **({"newline": ""} if "b" not in mode else {})) as stream:
-      write(stream)
-    os.replace(temporary, path)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
+def _write_atomic(path, data):
+  """Writes bytes or text through a temporary file: readers never see half a file."""
+  from dpc_tf.images import write_atomic
+  data = data.encode() if isinstance(data, str) else data
+  write_atomic(path, lambda stream: stream.write(data), overwrite=True)
 
 
 def write_summary_csv(rows, path, columns=SUMMARY_COLUMNS):
-  def write(stream):
-    writer = csv.DictWriter(stream, fieldnames=columns)
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: ("" if row[k] is None else row[k]) for k in columns})
-  _write_atomic(path, write)
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=columns)
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({k: ("" if row[k] is None else row[k]) for k in columns})
+  _write_atomic(path, text.getvalue())
 
 
 def write_summary_json(summary, path):
-  def write(stream):
-    json.dump(_json_safe(summary), stream, indent=2)
-    stream.write("\n")
-  _write_atomic(path, write)
+  _write_atomic(path, json.dumps(_json_safe(summary), indent=2) + "\n")
 
 
 def write_text_atomic(path, text):
-  _write_atomic(path, lambda stream: stream.write(text))
+  _write_atomic(path, text)
 
 
 def markdown(summary):
