@@ -44,6 +44,9 @@ def add_arguments(parser):
            "({\"k\": category id or name}); names are matched to the categories of "
            "--instances")
   eval_cli.add_codec_arguments(parser, DEFAULT_CODECS)
+  # mAP curves are noisy and flatten out as they reach the original's mAP; pchip
+  # (monotone) never overshoots between such points, where Akima can.
+  parser.set_defaults(bd_method="pchip")
   parser.add_argument("--signature", default="serving_default",
                       help="SavedModel signature of the detector (default serving_default)")
   parser.add_argument("--threads", type=int, default=None,
