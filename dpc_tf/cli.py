@@ -28,6 +28,8 @@ import time
 _PLUGIN_VERBS = {
     "eval": ("dpc_tf.evaluation.cli",
              "compress images with our models and classical codecs; RD curves"),
+    "eval-detect": ("dpc_tf.evaluation.detect_cli",
+                    "object-detection accuracy (COCO mAP) on compressed images vs bpp"),
     "lpips-convert": ("perceptual.convert",
                       "convert official LPIPS checkpoints to a Keras weights file"),
     "study": ("dpc_tf.study.cli",

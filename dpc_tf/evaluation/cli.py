@@ -24,16 +24,13 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".pnm", ".t
                     ".tiff", ".webp")
 
 
-def add_arguments(parser):
-  """Adds the `dpc eval` arguments to an argparse parser."""
-  parser.add_argument(
-      "images", nargs="*",
-      help="image files, directories (all images inside) or quoted glob patterns")
+def add_codec_arguments(parser, default_codecs):
+  """The arguments every evaluation task shares: output, codecs, models, anchor."""
   parser.add_argument("--out", help="output directory (created; resumed if it has points)")
   parser.add_argument(
       "--codecs", default=None,
-      help="comma-separated classical codecs (default: jpeg420,jpeg444,jpeg2000,webp,avif,"
-           "hevc444,hevc420,jpegxl); 'none' for models only; see --list-codecs")
+      help=f"comma-separated classical codecs (default: {default_codecs}); 'none' for "
+           "models only; see `dpc eval --list-codecs`")
   parser.add_argument(
       "--settings", action="append", default=[], metavar="CODEC=V1,V2,...",
       help="override a classical codec's sweep, e.g. --settings jpeg420=10,50,90 "
@@ -48,6 +45,14 @@ def add_arguments(parser):
            "the first codec; 'none' for no BD-rates)")
   parser.add_argument("--bd-method", default="akima", choices=("akima", "pchip", "cubic"),
                       help="BD-rate interpolation (pchip reproduces the JVET Excel sheets)")
+
+
+def add_arguments(parser):
+  """Adds the `dpc eval` arguments to an argparse parser."""
+  parser.add_argument(
+      "images", nargs="*",
+      help="image files, directories (all images inside) or quoted glob patterns")
+  add_codec_arguments(parser, "jpeg420,jpeg444,jpeg2000,webp,avif,hevc444,hevc420,jpegxl")
   parser.add_argument("--lpips-weights", default=None,
                       help="LPIPS weights file from `dpc lpips-convert` (or a directory holding "
                            "lpips_<trunk>_v0.1.npz). Default: $DPC_LPIPS_WEIGHTS, else for "
@@ -89,12 +94,12 @@ def _split_assignment(text, flag):
   return name.strip(), [v.strip() for v in values.split(",") if v.strip()]
 
 
-def build_codecs(codecs_arg, settings_args, model_args):
+def build_codecs(codecs_arg, settings_args, model_args, default_codecs=None):
   """Codec objects from the --codecs, --settings and --model arguments."""
   from dpc_tf.evaluation import codecs as classical
   from dpc_tf.evaluation.model_codec import ModelCodec
   if codecs_arg is None:
-    names = list(classical.DEFAULT_CODECS)
+    names = list(default_codecs or classical.DEFAULT_CODECS)
   elif codecs_arg.strip().lower() == "none":
     names = []
   else:
@@ -135,6 +140,15 @@ def list_codecs(stream=sys.stdout):
           f"{[codec.setting_key(s) for s in codec.settings]}\n    {status}", file=stream)
 
 
+def choose_anchor(anchor_arg, codecs):
+  """The --anchor codec: as given, None for 'none', else jpeg420 or the first
+  codec that is a curve (the original files are one point)."""
+  if anchor_arg is not None:
+    return None if anchor_arg.lower() == "none" else anchor_arg
+  names = [c.name for c in codecs if not getattr(c, "reference", False)] or [codecs[0].name]
+  return "jpeg420" if "jpeg420" in names else names[0]
+
+
 def run(args):
   """Runs `dpc eval`; returns the exit code (0 done, 1 nothing measured, 2 bad input)."""
   if args.list_codecs:
@@ -150,13 +164,7 @@ def run(args):
       raise ValueError(f"--max-images must be at least 1, got {args.max_images}.")
     images = expand_images(args.images)
     codecs = build_codecs(args.codecs, args.settings, args.model)
-    names = [c.name for c in codecs]
-    if args.anchor is None:
-      anchor = "jpeg420" if "jpeg420" in names else names[0]
-    elif args.anchor.lower() == "none":
-      anchor = None
-    else:
-      anchor = args.anchor
+    anchor = choose_anchor(args.anchor, codecs)
     from dpc_tf.evaluation.metrics import Metrics
     from dpc_tf.evaluation.runner import evaluate
     if args.lpips_weights and not os.path.exists(args.lpips_weights):

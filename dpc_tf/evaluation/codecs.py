@@ -66,6 +66,11 @@ class Codec:
   def encode(self, image, setting):
     raise NotImplementedError
 
+  def encode_file(self, path, image, setting):
+    """Codes the image read from `path`; the evaluation calls this. Codecs code
+    the pixels; `Original` keeps the file as it is."""
+    return self.encode(image, setting)
+
   def decode(self, data, setting):
     raise NotImplementedError
 
@@ -318,8 +323,37 @@ class JPEGXL(Codec):
     return f"JPEG XL (imagecodecs/libjxl, effort={self.EFFORT}), setting = Butteraugli distance"
 
 
+class Original(Codec):
+  """The image files as given, not coded again: the reference point."""
+
+  setting_name = "file"
+  default_settings = ("as-given",)
+  # One point (the files' own rate and pixels): plotted as a level, no BD-rate.
+  reference = True
+
+  def parse_setting(self, text):
+    return str(text)
+
+  def encode(self, image, setting):
+    raise ValueError("the original codec stores image files as they are; it has no encoder "
+                     "for pixel arrays (use encode_file with the image's path).")
+
+  def encode_file(self, path, image, setting):
+    with open(path, "rb") as stream:
+      return stream.read()
+
+  def decode(self, data, setting):
+    # The same reading as the evaluation's (EXIF orientation, gray to RGB).
+    from dpc_tf.evaluation.images import load_image
+    return load_image(io.BytesIO(data))[0]
+
+  def describe(self):
+    return "the image files as given (their own format and size), not coded again"
+
+
 # Name -> (class, constructor options) of every classical codec, in table order.
 _REGISTRY = {
+    "original": (Original, {}),
     "jpeg420": (JPEG, {"subsampling": "4:2:0"}),
     "jpeg444": (JPEG, {"subsampling": "4:4:4"}),
     "jpeg2000": (JPEG2000, {}),

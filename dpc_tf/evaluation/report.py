@@ -9,6 +9,7 @@ different image set.
 """
 
 import csv
+import io
 import json
 import math
 import os
@@ -77,8 +78,11 @@ def curves(rows, metric):
   return {codec: (np.array(b), np.array(v)) for codec, (b, v) in result.items()}
 
 
-def bd_rates(rows, anchor, metrics, method="akima"):
-  """{metric: {codec: BDResult as dict}} for every codec against `anchor`."""
+def bd_rates(rows, anchor, metrics, method="akima", directions=METRICS):
+  """{metric: {codec: BDResult as dict}} for every codec against `anchor`.
+
+  `directions` says for each metric whether higher is better.
+  """
   table = {}
   for metric in metrics:
     metric_curves = curves(rows, metric)
@@ -91,12 +95,12 @@ def bd_rates(rows, anchor, metrics, method="akima"):
             math.nan, reason=f"the anchor {anchor!r} has no complete settings with {metric}.")
       else:
         result = bdrate.bd_rate(*metric_curves[anchor], *metric_curves[codec],
-                                higher_is_better=METRICS[metric], method=method)
+                                higher_is_better=directions[metric], method=method)
       table[metric][codec] = result.as_dict()
   return table
 
 
-def quality_at_bpp(rows, metrics, bpps=REPORT_BPPS):
+def quality_at_bpp(rows, metrics, bpps=REPORT_BPPS, directions=METRICS):
   """{metric: {codec: {bpp: value or None}}}, interpolated on each curve.
 
   Linear in log(bpp) between the two nearest points of the monotone curve;
@@ -106,7 +110,7 @@ def quality_at_bpp(rows, metrics, bpps=REPORT_BPPS):
   for metric in metrics:
     table[metric] = {}
     for codec, (rates, values) in curves(rows, metric).items():
-      rates, values = bdrate.monotone_curve(rates, values, METRICS[metric])
+      rates, values = bdrate.monotone_curve(rates, values, directions[metric])
       at = {}
       for bpp in bpps:
         inside = len(rates) >= 2 and rates[0] <= bpp <= rates[-1]
@@ -116,11 +120,16 @@ def quality_at_bpp(rows, metrics, bpps=REPORT_BPPS):
   return table
 
 
-def plot_curves(rows, metric, path_stem, learned_codecs=(), anchor=None, title=None):
+def plot_curves(rows, metric, path_stem, learned_codecs=(), anchor=None, title=None,
+                label=None, higher_is_better=None, references=()):
   """Draws one rate-quality figure with every codec; writes .png and .svg.
 
-  Returns the list of files written.
+  `label` and `higher_is_better` default to the quality metric's; the codecs in
+  `references` (e.g. the original files) are drawn as a dotted level at their
+  value, with their rate in the legend. Returns the list of files written.
   """
+  label = LABELS[metric] if label is None else label
+  higher_is_better = METRICS[metric] if higher_is_better is None else higher_is_better
   # The object-oriented API with the Agg canvas: no pyplot state and no change
   # of the process-wide backend.
   from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -130,23 +139,30 @@ def plot_curves(rows, metric, path_stem, learned_codecs=(), anchor=None, title=N
   axes = figure.add_subplot()
   markers = "os^vD<>pPX*h"
   for index, (codec, (bpps, values)) in enumerate(curves(rows, metric).items()):
+    if codec in references:
+      for bpp, value in zip(bpps, values):
+        if np.isfinite(value):  # An identical image has infinite PSNR.
+          axes.axhline(value, color="0.3", linestyle=":", linewidth=1.2,
+                       label=f"{codec} ({bpp:.2f} bpp)")
+      continue
     learned = codec in learned_codecs
-    label = codec + (" (anchor)" if codec == anchor else "")
     axes.plot(bpps, values, marker=markers[index % len(markers)], markersize=4,
               linestyle="-" if learned else "--", linewidth=2.0 if learned else 1.2,
-              label=label)
+              label=codec + (" (anchor)" if codec == anchor else ""))
   axes.set_xlabel("bits per pixel")
-  axes.set_ylabel(LABELS[metric])
+  axes.set_ylabel(label)
   axes.set_xlim(left=0)
   axes.grid(True, alpha=0.3)
-  axes.legend(fontsize="small", loc="lower right" if METRICS[metric] else "upper right")
+  axes.legend(fontsize="small", loc="lower right" if higher_is_better else "upper right")
   if title:
     axes.set_title(title)
   figure.tight_layout()
   written = []
   for extension in ("png", "svg"):
     path = f"{path_stem}.{extension}"
-    figure.savefig(path)
+    image = io.BytesIO()
+    figure.savefig(image, format=extension)
+    _write_atomic(path, image.getvalue())
     written.append(path)
   return written
 
@@ -178,39 +194,54 @@ def _json_safe(value):
   return value
 
 
-def write_summary_csv(rows, path):
-  with open(path, "w", newline="") as stream:
-    writer = csv.DictWriter(stream, fieldnames=SUMMARY_COLUMNS)
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: ("" if row[k] is None else row[k]) for k in SUMMARY_COLUMNS})
+def _write_atomic(path, data):
+  """Writes bytes or text through a temporary file: readers never see half a file."""
+  from dpc_tf.images import write_atomic
+  data = data.encode() if isinstance(data, str) else data
+  write_atomic(path, lambda stream: stream.write(data), overwrite=True)
+
+
+def write_summary_csv(rows, path, columns=SUMMARY_COLUMNS):
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=columns)
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({k: ("" if row[k] is None else row[k]) for k in columns})
+  _write_atomic(path, text.getvalue())
 
 
 def write_summary_json(summary, path):
-  with open(path, "w") as stream:
-    json.dump(_json_safe(summary), stream, indent=2)
-    stream.write("\n")
+  _write_atomic(path, json.dumps(_json_safe(summary), indent=2) + "\n")
+
+
+def write_text_atomic(path, text):
+  _write_atomic(path, text)
 
 
 def markdown(summary):
   """The human-readable report (also printed by `dpc eval`)."""
-  lines = ["# dpc eval summary", ""]
+  lines = [f"# {summary.get('task', 'dpc eval')} summary", ""]
   images = summary["images"]
   lines.append(f"Images: {images['count']} ({images['description']}); "
                f"{len(images['unreadable'])} unreadable.")
   lines.append("")
-  lines.append("Averages are over images at each setting (bpp and each metric separately). "
-               "Rows marked `*` are missing images and are left out of curves and BD-rates.")
+  lines.append(summary.get("about") or (
+      "Averages are over images at each setting (bpp and each metric separately). "
+      "Rows marked `*` are missing images and are left out of curves and BD-rates."))
   lines.append("")
-  metric_names = [m for m in ("psnr", "msssim", "msssim_db", "lpips") if m in summary["metrics"]]
-  header = ["codec", "setting", "n", "bpp"] + metric_names + ["enc ms", "dec ms"]
+  # (column, header, digits) after codec, setting, n and bpp; written by the task.
+  table = summary.get("table") or [
+      (m, m, 4 if m in ("msssim", "lpips") else 2)
+      for m in ("psnr", "msssim", "msssim_db", "lpips") if m in summary["metrics"]] + [
+          ("encode_ms", "enc ms", 1), ("decode_ms", "dec ms", 1)]
+  digits = {column: places for column, _, places in table}
+  header = ["codec", "setting", "n", "bpp"] + [title for _, title, _ in table]
   lines.append("| " + " | ".join(header) + " |")
   lines.append("|" + "|".join("---" for _ in header) + "|")
   for row in summary["rows"]:
     cells = [row["codec"], row["setting"] + ("" if row["complete"] else " *"),
              str(row["n_images"]), _format(row["bpp"])]
-    cells += [_format(row[m], 4 if m in ("msssim", "lpips", "bpp") else 2) for m in metric_names]
-    cells += [_format(row["encode_ms"], 1), _format(row["decode_ms"], 1)]
+    cells += [_format(row[column], places) for column, _, places in table]
     lines.append("| " + " | ".join(cells) + " |")
   lines.append("")
   if summary.get("anchor"):
@@ -244,13 +275,14 @@ def markdown(summary):
     if not table:
       continue
     bpps = list(next(iter(table.values())))
-    lines.append(f"## {LABELS[metric]} at equal rate (interpolated; - = outside the sweep)")
+    label = summary.get("labels", {}).get(metric) or LABELS[metric]
+    lines.append(f"## {label} at equal rate (interpolated; - = outside the sweep)")
     lines.append("")
     lines.append("| codec | " + " | ".join(f"{b} bpp" for b in bpps) + " |")
     lines.append("|---|" + "|".join("---" for _ in bpps) + "|")
     for codec, values in table.items():
       lines.append(f"| {codec} | " + " | ".join(
-          _format(values[b], 4 if metric == "lpips" else 2) for b in bpps) + " |")
+          _format(values[b], digits.get(metric, 2)) for b in bpps) + " |")
     lines.append("")
   if summary["skipped_codecs"]:
     lines.append("## Skipped codecs")
