@@ -42,9 +42,13 @@ def scaled_model(architecture="hyperprior", seed=0, **hparams):
       continue
     # The last convolution: kernels (RDFT parameters, linear in the kernel)
     # and bias scale its output.
-    last = sorted({v.name.split("/")[0] for v in transform.trainable_variables})[-1]
+    def layer(variable):  # "analysis/conv_3/kernel_real:0" -> "conv_3"
+      parts = variable.name.split("/")
+      return parts[1] if parts[0] == transform.name else parts[0]
+
+    last = sorted({layer(v) for v in transform.trainable_variables})[-1]
     for variable in transform.trainable_variables:
-      if variable.name.split("/")[0] == last:
+      if layer(variable) == last:
         variable.assign(variable * scale)
   model.update()
   return model
