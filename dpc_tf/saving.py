@@ -194,7 +194,8 @@ def _read_npz(model, directory, meta):
                          f"{meta['architecture']} model with config "
                          f"{meta['config']} has {len(variables)} variables.")
   for v, value in zip(variables, values):
-    if tuple(value.shape) != tuple(v.shape):
+    # Coding tables have a dynamic length: (None,) fits any table.
+    if not v.shape.is_compatible_with(value.shape):
       raise ModelFileError(f"{path}: {v.name} has shape {value.shape}, the model "
                            f"expects {v.shape}.")
     v.assign(value.astype(v.dtype.as_numpy_dtype))
