@@ -98,8 +98,6 @@ def test_decompress_errors_name_the_problem(saved_models, pngs, tmp_path, capsys
 
 def test_usage_errors(pngs, tmp_path, capsys, monkeypatch):
   monkeypatch.delenv("DPC_MODEL", raising=False)
-  assert cli.main(["compress", str(pngs[0])]) == 2
-  assert "no model given" in capsys.readouterr().err
   assert cli.main(["compress", "-m", str(tmp_path), str(pngs[0])]) == 2
   assert "not a dpc_tf model directory" in capsys.readouterr().err
   assert cli.main(["compress", "-m", str(tmp_path), "-o", "x.dpc",
@@ -133,3 +131,34 @@ def test_info_on_a_bitstream_does_not_import_tensorflow(tmp_path):
   assert result.returncode == 0, result.stderr
   assert "60x40 RGB" in result.stdout and "strings: 5, 99" in result.stdout
   assert "LOADED []" in result.stdout
+
+
+def test_without_a_model_the_zoo_codes_and_decodes(pngs, tmp_path, capsys,
+                                                     monkeypatch, saved_models):
+  from dpc_tf import container, zoo
+  monkeypatch.delenv("DPC_MODEL", raising=False)
+  coded = tmp_path / "zoo.dpc"
+  assert cli.main(["compress", str(pngs[0]), "-o", str(coded), "--quality", "2"]) == 0
+  header = container.unpack(coded.read_bytes()).header
+  assert header.fingerprint.hex() == zoo.model_card("dpc")["fingerprint"]
+  assert header.quality == 2.0
+  capsys.readouterr()
+  # The decoder is the zoo model the header names.
+  assert cli.main(["decompress", str(coded), "-o", str(tmp_path / "zoo.png"),
+                   "--in-process"]) == 0
+  assert (tmp_path / "zoo.png").exists()
+  # A stream of a model outside the zoo needs -m.
+  other = tmp_path / "other.dpc"
+  assert cli.main(["compress", "-m", str(saved_models["factorized"]),
+                   str(pngs[0]), "-o", str(other)]) == 0
+  capsys.readouterr()
+  assert cli.main(["decompress", str(other), "-o", str(tmp_path / "o.png"),
+                   "--in-process"]) == 1
+  assert "not in the zoo" in capsys.readouterr().err
+  # Qualities outside the range, or for a fixed-rate model, are usage errors.
+  assert cli.main(["compress", str(pngs[0]), "-o", str(tmp_path / "q.dpc"),
+                   "--quality", "9"]) == 2
+  assert "[1, 6]" in capsys.readouterr().err
+  assert cli.main(["compress", "-m", str(saved_models["factorized"]), str(pngs[0]),
+                   "-o", str(tmp_path / "f.dpc"), "--quality", "2"]) == 2
+  assert "fixed-rate" in capsys.readouterr().err
