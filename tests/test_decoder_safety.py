@@ -135,8 +135,8 @@ def test_crafted_escape_string_is_stopped_by_the_decoder_process(
   assert code == 1
   assert "hang.dpc: Decoding did not finish within its budget" in err
   assert "1 of 2 files done, 1 failed" in err
-  assert (tmp_path / "out" / "good.png").exists()
-  assert not (tmp_path / "out" / "hang.png").exists()
+  assert (tmp_path / "out" / "good.decoded.png").exists()
+  assert not (tmp_path / "out" / "hang.decoded.png").exists()
 
 
 def test_fuzzed_streams_are_refused_or_decoded_to_the_declared_size(
