@@ -29,17 +29,15 @@ setuptools.setup(
     packages=(setuptools.find_packages(include=["dpc_tf", "dpc_tf.*", "perceptual", "perceptual.*"])
               + ["dpc_train", "dpc_export"]),
     package_dir={"dpc_train": "train", "dpc_export": "export"},
-    # The model zoo ships inside the package.
-    package_data={"dpc_tf.zoo": ["models/*/*.json", "models/*/*.npz",
-                                 "models/*/*.md"]},
     install_requires=_requirements("base.txt"),
     extras_require={
         "eval": _requirements("eval.txt"),
         "test": _requirements("test.txt"),
         "study": _requirements("study.txt"),
     },
-    # The study app's page (HTML, CSS, JS) ships inside the package.
-    package_data={"dpc_tf.study": ["web/*"]},
+    # The model zoo and the study app's page (HTML, CSS, JS) ship inside the package.
+    package_data={"dpc_tf.zoo": ["models/*/*.json", "models/*/*.npz", "models/*/*.md"],
+                  "dpc_tf.study": ["web/*"]},
     entry_points={
         "console_scripts": [
             "dpc=dpc_tf.cli:main",

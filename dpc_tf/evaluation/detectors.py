@@ -31,6 +31,8 @@ import os
 
 import numpy as np
 
+from perceptual.lpips_weights import file_sha256
+
 
 @dataclasses.dataclass
 class Detections:
@@ -71,14 +73,6 @@ def _check_image(image):
     raise ValueError("detectors take uint8 RGB images [height, width, 3]; got dtype "
                      f"{image.dtype} and shape {image.shape}.")
   return image
-
-
-def file_sha256(path):
-  digest = hashlib.sha256()
-  with open(path, "rb") as stream:
-    for block in iter(lambda: stream.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def _directory_sha256(path):

@@ -12,6 +12,7 @@ import re
 import shutil
 import tempfile
 
+from perceptual.lpips_weights import file_sha256
 from dpc_tf.study import study as study_lib
 from dpc_tf.study.codecs import ClassicalStudyCodec
 
@@ -39,7 +40,7 @@ def _save_png(folder, name, image):
   from dpc_tf.images import write_image
   path = os.path.join(folder, study_lib.IMAGE_DIR, name)
   write_image(path, image)
-  return study_lib.sha256_file(path)
+  return file_sha256(path)
 
 
 def create_study(image_paths, study_codecs, targets, out, seed=0, sentinels=None,

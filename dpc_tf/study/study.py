@@ -29,6 +29,8 @@ import json
 import os
 import random
 
+from perceptual.lpips_weights import file_sha256
+
 FORMAT = "dpc-study"
 VERSION = 1
 MANIFEST = "study.json"
@@ -118,14 +120,6 @@ def write_manifest(folder, manifest):
   write_atomic(os.path.join(folder, MANIFEST), lambda f: f.write(data), overwrite=True)
 
 
-def sha256_file(path):
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 class Study:
   """A study folder, checked: every listed image exists with its recorded hash.
 
@@ -177,7 +171,7 @@ class Study:
           f"{self.folder}: {len(missing)} image(s) listed in {MANIFEST} are missing from "
           f"{IMAGE_DIR}/ (first: {missing[0]}). Restore the folder as `dpc study create` "
           "wrote it, or create the study again.")
-    changed = [e["file"] for e in entries if sha256_file(self.files[e["file"]]) != e["sha256"]]
+    changed = [e["file"] for e in entries if file_sha256(self.files[e["file"]]) != e["sha256"]]
     if changed:
       raise StudyError(
           f"{self.folder}: {len(changed)} image(s) differ from what {MANIFEST} recorded "
