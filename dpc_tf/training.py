@@ -41,7 +41,9 @@ import perceptual
 from perceptual import losses
 from perceptual import lpips_weights
 from dpc_tf import data
+from dpc_tf import layers
 from dpc_tf import metrics
+from dpc_tf import precision
 from dpc_tf import saving
 from dpc_tf.models import registry
 
@@ -385,6 +387,9 @@ class TrainConfig:
   lr_boundaries: tuple = ()
   lr_decay_factor: float = 0.1
   seed: int = None
+  # "float32" or "mixed_bfloat16" (the transforms' convolutions in training
+  # steps; see dpc_tf.precision). The saved model is the same either way.
+  precision_policy: str = "float32"
   # Data.
   train_glob: str = None
   tfds_name: str = None
@@ -428,6 +433,9 @@ def _check_config(config):
                         "globs of PNG/JPEG files) or --tfds_name.")
   if not config.output_dir:
     raise TrainingError("--output_dir is required.")
+  if config.precision_policy not in precision.PRECISIONS:
+    raise TrainingError(f"Unknown --precision_policy {config.precision_policy!r}; "
+                        f"choose one of {', '.join(precision.PRECISIONS)}.")
 
 
 def _model_hparams(config):
@@ -545,6 +553,7 @@ def train(config):
       model = registry.create_model(config.arch, **_model_hparams(config))
     except ValueError as e:
       raise TrainingError(str(e)) from None
+    layers.set_training_precision(model, config.precision_policy)
     distortion = make_distortion(config.distortion, alpha=config.alpha,
                                  trunk=config.lpips_trunk,
                                  weights_path=config.lpips_weights)
@@ -556,8 +565,12 @@ def train(config):
     model.compile(optimizer=tf.keras.optimizers.Adam(schedule),
                   distortion=distortion, lmbda=config.lmbda,
                   quantization_proxy=config.quantization_proxy)
-  logging.info("Model %s %s; distortion %s; lambda %g.", config.arch,
-               model.get_config(), distortion.name, config.lmbda)
+  logging.info("Model %s %s; distortion %s; lambda %g; precision %s.",
+               config.arch, model.get_config(), distortion.name, config.lmbda,
+               config.precision_policy)
+  slow = precision.slow_precision_warning(config.precision_policy)
+  if slow:
+    logging.warning("%s", slow)
 
   resumed = backup_state(backup_dir)
   if resumed:

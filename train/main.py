@@ -72,6 +72,12 @@ flags.DEFINE_float("lr_final_fraction", 0.01,
 flags.DEFINE_list("lr_boundaries", [], "step: the steps at which to decay.")
 flags.DEFINE_float("lr_decay_factor", 0.1, "step: factor applied at each boundary.")
 flags.DEFINE_integer("seed", None, "Seed of weights, crops and shuffles.")
+flags.DEFINE_enum("precision_policy", "float32", ["float32", "mixed_bfloat16"],
+                  "mixed_bfloat16: the transforms' convolutions compute in "
+                  "bfloat16 in training steps (variables, entropy models, rate "
+                  "and loss stay float32; the saved model is the same). Faster "
+                  "only with bfloat16 hardware (AVX512_BF16/AMX CPUs, GPUs of "
+                  "compute capability >= 8); several times slower elsewhere.")
 # -- Data
 flags.DEFINE_string("train_glob", None,
                     "Training images: comma-separated folders (searched "
