@@ -15,8 +15,8 @@ rd: two short training runs from the same seed on the same batches, one per
   ratio), then each model is frozen, saved, loaded back (float32, as every
   user loads it) and codes real images through `dpc_tf.Codec`: bpp from the
   bytes, PSNR of the decoded pixels. Training crops come from
-  ../shared/data/train (else photos scikit-image ships); the images coded are
-  the first Kodak images (else scikit-image photos), never trained on.
+  ../shared/data/train and the images coded are the first Kodak images (else
+  both from the photos scikit-image ships, the coded one held out).
 
 Also records which hardware bfloat16 support the machine has
 (`dpc_tf.precision.bfloat16_hardware`) and how many convolution ops of the
@@ -34,8 +34,7 @@ import numpy as np
 from bench import common
 
 PRECISIONS = ("float32", "mixed_bfloat16")
-TRAIN = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                     "train")
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
 def _model(arch, num_filters, precision, lmbda=0.01, learning_rate=1e-4, seed=0):
@@ -92,14 +91,26 @@ def _photos(paths, count, min_side, seed):
   return photos
 
 
-def _training_photos(count, min_side, seed=0):
-  """(photos, description) to crop training batches from; never Kodak."""
-  paths = sorted(p for p in glob.glob(os.path.join(TRAIN, "*"))
+def _data(data_root, patch_size, val_count, seed=0):
+  """(training photos, their description, [(name, image)] to code).
+
+  Trains on data_root/train and codes the first Kodak images; without them,
+  trains on all but the last of the photos scikit-image ships and codes the
+  last, so that the coded images are never trained on.
+  """
+  from dpc_tf import images
+  paths = sorted(p for p in glob.glob(os.path.join(data_root, "train", "*"))
                  if p.lower().endswith((".png", ".jpg", ".jpeg")))
-  if paths:
-    return _photos(paths, count, min_side, seed), f"{count} photos of shared/data/train"
-  return ([image[..., :3] for _, image in common.load_images(None)],
-          "scikit-image photos")
+  kodak = sorted(glob.glob(os.path.join(data_root, "kodak", "*.png")))
+  if paths and kodak:
+    val = [(os.path.basename(p), images.read_image(p)[..., :3])
+           for p in kodak[:val_count]]
+    return (_photos(paths, 64, patch_size, seed),
+            f"64 photos of {data_root}/train", val)
+  photos = [(n, image[..., :3]) for n, image in common.load_images(None)]
+  return ([image for _, image in photos[:-1]],
+          f"scikit-image photos ({', '.join(n for n, _ in photos[:-1])})",
+          photos[-1:])
 
 
 def _batches(photos, batch_size, patch_size, seed):
@@ -118,34 +129,51 @@ def _batches(photos, batch_size, patch_size, seed):
 
 
 def speed(photos, arch, num_filters, batch_size, patch_size, rounds,
-          steps_per_round, warmup):
-  """Step times of both precisions, alternated; a row of results."""
-  models = {p: _model(arch, num_filters, p) for p in PRECISIONS}
-  convs = {p: _conv_dtypes(m, [batch_size, patch_size, patch_size, 3])
-           for p, m in models.items()}
-  steppers = {p: _Stepper(m, _batches(photos, batch_size, patch_size, 0),
-                          [batch_size, patch_size, patch_size, 3])
-              for p, m in models.items()}
-  for stepper in steppers.values():
-    stepper.run(warmup)  # Traces the step, warms up the kernels.
-  means = {p: [] for p in PRECISIONS}
+          steps_per_round, warmup, explicit=False):
+  """Step times of both precisions, alternated; a row of results.
+
+  explicit: also time both precisions with tfc's EXPLICIT-padding
+  convolutions in training (`layers._Stack.pad_in_training = False`, as
+  before dpc-tf padded them itself), whose gradients oneDNN does not run.
+  """
+  from dpc_tf import layers
+  configs = [(p, True) for p in PRECISIONS]
+  if explicit:
+    configs += [(p, False) for p in PRECISIONS]
+  shape = [batch_size, patch_size, patch_size, 3]
+  steppers, convs = {}, {}
+  for p, pad in configs:
+    # Read when the step is traced, i.e. at its first run (the warm-up).
+    layers._Stack.pad_in_training = pad  # pylint: disable=protected-access
+    model = _model(arch, num_filters, p)
+    convs[p] = _conv_dtypes(model, shape)
+    steppers[(p, pad)] = _Stepper(model, _batches(photos, batch_size,
+                                                  patch_size, 0), shape)
+    steppers[(p, pad)].run(warmup)  # Traces the step, warms up the kernels.
+  layers._Stack.pad_in_training = True  # pylint: disable=protected-access
+  means = {c: [] for c in configs}
   for r in range(rounds):
-    order = PRECISIONS if r % 2 == 0 else PRECISIONS[::-1]
-    for p in order:
-      seconds, logs = steppers[p].run(steps_per_round)
+    for c in (configs if r % 2 == 0 else configs[::-1]):
+      seconds, logs = steppers[c].run(steps_per_round)
       if not np.isfinite(logs["loss"]):
-        raise RuntimeError(f"{p}: the loss is not finite ({logs['loss']}).")
-      means[p].append(seconds / steps_per_round)
-    print(f"  {num_filters} filters, round {r + 1}/{rounds}: "
-          + ", ".join(f"{p} {means[p][-1]:.3f} s/step" for p in PRECISIONS),
-          flush=True)
-  ratios = [b / f for f, b in zip(means["float32"], means["mixed_bfloat16"])]
-  return dict(num_filters=num_filters,
-              s_per_step={p: float(np.median(v)) for p, v in means.items()},
-              round_means={p: [round(s, 4) for s in v] for p, v in means.items()},
-              ratio_bf16_to_f32=float(np.median(ratios)),
-              round_ratios=[round(x, 3) for x in ratios],
-              conv_ops_by_dtype=convs)
+        raise RuntimeError(f"{c}: the loss is not finite ({logs['loss']}).")
+      means[c].append(seconds / steps_per_round)
+    print(f"  {num_filters} filters, round {r + 1}/{rounds}: " + ", ".join(
+        f"{_label(c)} {means[c][-1]:.3f} s/step" for c in configs), flush=True)
+  base = means[("float32", True)]
+  return dict(
+      num_filters=num_filters,
+      s_per_step={_label(c): float(np.median(v)) for c, v in means.items()},
+      round_means={_label(c): [round(s, 4) for s in v] for c, v in means.items()},
+      # Each round's ratio to the float32 step of the same round.
+      ratio_to_float32={_label(c): float(np.median([a / b for a, b in zip(v, base)]))
+                        for c, v in means.items()},
+      conv_ops_by_dtype=convs)
+
+
+def _label(config):
+  precision, pad = config
+  return precision if pad else f"{precision} (EXPLICIT padding)"
 
 
 def _evaluate(model, images_):
@@ -198,45 +226,53 @@ def rate_distortion(photos, arch, num_filters, batch_size, patch_size, steps,
 def run(out_dir="bench/results", parts=("speed", "rd"), arch="mean_scale_hyperprior",
         filters=(128, 64), batch_size=8, patch_size=128, rounds=4,
         steps_per_round=3, warmup=2, rd_filters=64, rd_steps=300, rd_chunk=50,
-        lmbda=0.01, learning_rate=1e-4, val_count=8):
+        lmbda=0.01, learning_rate=1e-4, val_count=8, explicit=False,
+        data_root=DATA):
   """Runs the parts; writes precision.json and precision.md."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   from dpc_tf import precision
   has_bf16, hardware = precision.bfloat16_hardware()
   print(f"bfloat16 hardware: {has_bf16} ({hardware})", flush=True)
-  photos, source = _training_photos(64, patch_size)
+  photos, source, val = _data(data_root, patch_size, val_count)
   result = dict(config=dict(arch=arch, batch_size=batch_size,
                             patch_size=patch_size, distortion="mse",
                             optimizer="Adam", training_images=source),
                 bfloat16_hardware=has_bf16, hardware=hardware)
   sections = []
+  note = (f"Hardware bfloat16 units: **{'yes' if has_bf16 else 'no'}** "
+          f"({hardware}).")
+
+  def write():
+    # After each part, so that a long rate-distortion part interrupted on a
+    # loaded machine still leaves the speed results.
+    return common.write(out_dir, "precision", result,
+                        "## Training precision: float32 vs mixed_bfloat16\n\n"
+                        + note + "\n\n" + "\n\n".join(sections))
+
   if "speed" in parts:
     rows = []
     for num_filters in filters:
       print(f"timing {arch} with {num_filters} filters ...", flush=True)
       rows.append(speed(photos, arch, num_filters, batch_size, patch_size,
-                        rounds, steps_per_round, warmup))
+                        rounds, steps_per_round, warmup, explicit))
     result["speed"] = dict(rounds=rounds, steps_per_round=steps_per_round,
                            warmup=warmup, rows=rows)
+    labels = list(rows[0]["s_per_step"])
     table = common.markdown_table(
-        ["num_filters", "float32 s/step", "mixed_bfloat16 s/step",
-         "bf16 / f32 (median of rounds)", "bf16 conv ops in the step"],
-        [[r["num_filters"], f"{r['s_per_step']['float32']:.3f}",
-          f"{r['s_per_step']['mixed_bfloat16']:.3f}",
-          f"{r['ratio_bf16_to_f32']:.2f}",
-          f"{r['conv_ops_by_dtype']['mixed_bfloat16'].get('bfloat16', 0)} of "
-          f"{sum(r['conv_ops_by_dtype']['mixed_bfloat16'].values())}"]
-         for r in rows])
+        ["num_filters", "training precision", "s/step (median)",
+         "× float32 (median of rounds)"],
+        [[r["num_filters"], label, f"{r['s_per_step'][label]:.3f}",
+          f"{r['ratio_to_float32'][label]:.2f}"]
+         for r in rows for label in labels])
+    bf16 = rows[0]["conv_ops_by_dtype"]["mixed_bfloat16"]
     sections.append(
         f"### Speed\n\n{arch}, batch {batch_size} of {patch_size}x{patch_size} "
         f"crops, MSE, Adam; {rounds} rounds of {steps_per_round} steps per "
-        f"precision, alternated, after {warmup} warm-up steps (medians of the "
-        f"rounds' means).\n\n{table}")
+        f"configuration, alternated, after {warmup} warm-up steps. In the "
+        f"mixed step {bf16.get('bfloat16', 0)} of {sum(bf16.values())} "
+        f"convolution ops (forward and gradients) are bfloat16.\n\n{table}")
+    write()
   if "rd" in parts:
-    from dpc_tf import images
-    val = [(os.path.basename(p), images.read_image(p)[..., :3])
-           for p in common.default_images()[:val_count]] or [
-               (n, i[..., :3]) for n, i in common.load_images(None, val_count)]
     print(f"rd: {rd_steps} steps per precision, {rd_filters} filters ...",
           flush=True)
     rows = rate_distortion(photos, arch, rd_filters, batch_size, patch_size,
@@ -256,11 +292,7 @@ def run(out_dir="bench/results", parts=("speed", "rd"), arch="mean_scale_hyperpr
         f"for both, trained in alternating chunks of {rd_chunk} steps; coded "
         f"with the saved model loaded back (float32): {len(val)} images "
         f"({', '.join(name for name, _ in val)}).\n\n{table}")
-  note = (f"Hardware bfloat16 units: **{'yes' if has_bf16 else 'no'}** "
-          f"({hardware}).")
-  return common.write(out_dir, "precision", result,
-                      "## Training precision: float32 vs mixed_bfloat16\n\n"
-                      + note + "\n\n" + "\n\n".join(sections))
+  return write()
 
 
 def main(argv=None):
@@ -281,12 +313,17 @@ def main(argv=None):
   parser.add_argument("--lmbda", type=float, default=0.01)
   parser.add_argument("--learning_rate", type=float, default=1e-4)
   parser.add_argument("--val_count", type=int, default=8)
+  parser.add_argument("--explicit", action="store_true",
+                      help="also time tfc's EXPLICIT-padding convolutions in "
+                      "training (slow in bfloat16: minutes per step)")
+  parser.add_argument("--data_root", default=DATA,
+                      help="folder with train/ and kodak/ (../shared/data)")
   parser.add_argument("--out", default="bench/results")
   args = parser.parse_args(argv)
   run(args.out, args.part, args.arch, args.filters, args.batch_size,
       args.patch_size, args.rounds, args.steps_per_round, args.warmup,
       args.rd_filters, args.rd_steps, args.rd_chunk, args.lmbda,
-      args.learning_rate, args.val_count)
+      args.learning_rate, args.val_count, args.explicit, args.data_root)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,13 @@ def _eval(out):
   return bench_eval.run(out)
 
 
-BENCHMARKS = {"codec": _codec, "lpips": _lpips, "train": _train, "eval": _eval}
+def _precision(out):
+  from bench import bench_precision
+  return bench_precision.run(out)
+
+
+BENCHMARKS = {"codec": _codec, "lpips": _lpips, "train": _train, "eval": _eval,
+              "precision": _precision}
 
 
 def main(argv=None):
