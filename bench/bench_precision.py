@@ -25,6 +25,7 @@ step run in bfloat16, proving the mixed step really computes in bfloat16.
 
 import argparse
 import glob
+import json
 import os
 import tempfile
 import time
@@ -151,6 +152,10 @@ def speed(photos, arch, num_filters, batch_size, patch_size, rounds,
                                                   patch_size, 0), shape)
     steppers[(p, pad)].run(warmup)  # Traces the step, warms up the kernels.
   layers._Stack.pad_in_training = True  # pylint: disable=protected-access
+  # One untimed alternation: the first step after another model ran is slow
+  # (seen as a 2-5x slower first round), whichever model it is.
+  for c in configs:
+    steppers[c].run(warmup)
   means = {c: [] for c in configs}
   for r in range(rounds):
     for c in (configs if r % 2 == 0 else configs[::-1]):
@@ -223,12 +228,52 @@ def rate_distortion(photos, arch, num_filters, batch_size, patch_size, steps,
   return rows
 
 
+def _speed_section(result):
+  c, sp = result["config"], result["speed"]
+  rows = sp["rows"]
+  labels = list(rows[0]["s_per_step"])
+  table = common.markdown_table(
+      ["num_filters", "training precision", "s/step (median)",
+       "× float32 (median of rounds)"],
+      [[r["num_filters"], label, f"{r['s_per_step'][label]:.3f}",
+        f"{r['ratio_to_float32'][label]:.2f}"]
+       for r in rows for label in labels])
+  bf16 = rows[0]["conv_ops_by_dtype"]["mixed_bfloat16"]
+  return (f"### Speed\n\n{c['arch']}, batch {c['batch_size']} of "
+          f"{c['patch_size']}x{c['patch_size']} crops, MSE, Adam; "
+          f"{sp['rounds']} rounds of {sp['steps_per_round']} steps per "
+          f"configuration, alternated, after {sp['warmup']} warm-up steps and "
+          f"an untimed round. In the mixed step {bf16.get('bfloat16', 0)} of "
+          f"{sum(bf16.values())} convolution ops (forward and gradients) are "
+          f"bfloat16.\n\n{table}")
+
+
+def _rd_section(result):
+  c, rd = result["config"], result["rd"]
+  table = common.markdown_table(
+      ["precision", "bpp", "PSNR dB", "train s/step", "final train loss"],
+      [[r["precision"], f"{r['bpp']:.4f}", f"{r['psnr']:.2f}",
+        f"{r['train_s_per_step']:.3f}", f"{r['final_train_loss']:.4f}"]
+       for r in rd["rows"]])
+  return (f"### Rate-distortion after {rd['steps']} steps\n\n{c['arch']}, "
+          f"{rd['num_filters']} filters, λ {rd['lmbda']}, MSE, Adam "
+          f"{rd['learning_rate']}, same seed and batches for both, trained on "
+          f"{rd.get('training_images', c['training_images'])} in alternating "
+          f"chunks of {rd['chunk']} steps (s/step includes tracing and the "
+          f"input pipeline); coded with the saved model loaded back (float32): "
+          f"{len(rd['images'])} images ({', '.join(rd['images'])}).\n\n{table}")
+
+
 def run(out_dir="bench/results", parts=("speed", "rd"), arch="mean_scale_hyperprior",
         filters=(128, 64), batch_size=8, patch_size=128, rounds=4,
         steps_per_round=3, warmup=2, rd_filters=64, rd_steps=300, rd_chunk=50,
         lmbda=0.01, learning_rate=1e-4, val_count=8, explicit=False,
         data_root=DATA):
-  """Runs the parts; writes precision.json and precision.md."""
+  """Runs the parts; writes precision.json and precision.md.
+
+  A part not run keeps its results from an earlier precision.json in out_dir
+  (so `--part speed` does not discard a long rate-distortion run).
+  """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   from dpc_tf import precision
   has_bf16, hardware = precision.bfloat16_hardware()
@@ -238,16 +283,27 @@ def run(out_dir="bench/results", parts=("speed", "rd"), arch="mean_scale_hyperpr
                             patch_size=patch_size, distortion="mse",
                             optimizer="Adam", training_images=source),
                 bfloat16_hardware=has_bf16, hardware=hardware)
-  sections = []
-  note = (f"Hardware bfloat16 units: **{'yes' if has_bf16 else 'no'}** "
-          f"({hardware}).")
+  previous = os.path.join(out_dir, "precision.json")
+  if os.path.exists(previous):
+    with open(previous) as f:
+      old = json.load(f)
+    for part in ("speed", "rd"):
+      if part not in parts and part in old and old.get("config", {}).get(
+          "arch") == arch and old.get("hardware") == hardware:
+        result[part] = old[part]
 
   def write():
     # After each part, so that a long rate-distortion part interrupted on a
     # loaded machine still leaves the speed results.
+    sections = [f"Hardware bfloat16 units: **{'yes' if has_bf16 else 'no'}** "
+                f"({hardware})."]
+    if "speed" in result:
+      sections.append(_speed_section(result))
+    if "rd" in result:
+      sections.append(_rd_section(result))
     return common.write(out_dir, "precision", result,
                         "## Training precision: float32 vs mixed_bfloat16\n\n"
-                        + note + "\n\n" + "\n\n".join(sections))
+                        + "\n\n".join(sections))
 
   if "speed" in parts:
     rows = []
@@ -257,20 +313,6 @@ def run(out_dir="bench/results", parts=("speed", "rd"), arch="mean_scale_hyperpr
                         rounds, steps_per_round, warmup, explicit))
     result["speed"] = dict(rounds=rounds, steps_per_round=steps_per_round,
                            warmup=warmup, rows=rows)
-    labels = list(rows[0]["s_per_step"])
-    table = common.markdown_table(
-        ["num_filters", "training precision", "s/step (median)",
-         "× float32 (median of rounds)"],
-        [[r["num_filters"], label, f"{r['s_per_step'][label]:.3f}",
-          f"{r['ratio_to_float32'][label]:.2f}"]
-         for r in rows for label in labels])
-    bf16 = rows[0]["conv_ops_by_dtype"]["mixed_bfloat16"]
-    sections.append(
-        f"### Speed\n\n{arch}, batch {batch_size} of {patch_size}x{patch_size} "
-        f"crops, MSE, Adam; {rounds} rounds of {steps_per_round} steps per "
-        f"configuration, alternated, after {warmup} warm-up steps. In the "
-        f"mixed step {bf16.get('bfloat16', 0)} of {sum(bf16.values())} "
-        f"convolution ops (forward and gradients) are bfloat16.\n\n{table}")
     write()
   if "rd" in parts:
     print(f"rd: {rd_steps} steps per precision, {rd_filters} filters ...",
@@ -280,18 +322,8 @@ def run(out_dir="bench/results", parts=("speed", "rd"), arch="mean_scale_hyperpr
                            [image for _, image in val])
     result["rd"] = dict(num_filters=rd_filters, steps=rd_steps, chunk=rd_chunk,
                         lmbda=lmbda, learning_rate=learning_rate, seed=0,
+                        training_images=source,
                         images=[name for name, _ in val], rows=rows)
-    table = common.markdown_table(
-        ["precision", "bpp", "PSNR dB", "train s/step", "final train loss"],
-        [[r["precision"], f"{r['bpp']:.4f}", f"{r['psnr']:.2f}",
-          f"{r['train_s_per_step']:.3f}", f"{r['final_train_loss']:.4f}"]
-         for r in rows])
-    sections.append(
-        f"### Rate-distortion after {rd_steps} steps\n\n{arch}, {rd_filters} "
-        f"filters, λ {lmbda}, MSE, Adam {learning_rate}, same seed and batches "
-        f"for both, trained in alternating chunks of {rd_chunk} steps; coded "
-        f"with the saved model loaded back (float32): {len(val)} images "
-        f"({', '.join(name for name, _ in val)}).\n\n{table}")
   return write()
 
 

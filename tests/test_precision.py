@@ -184,7 +184,7 @@ def test_train_with_mixed_bfloat16(tmp_path, caplog, monkeypatch):
       epochs=1, steps_per_epoch=3, seed=0, precision_policy=MIXED, verbose=0)
   with caplog.at_level(logging.WARNING):
     summary = training.train(config)
-  assert "several times SLOWER" in caplog.text
+  assert "SLOWER than in float32" in caplog.text
   assert summary["optimizer_steps"] == 3
   assert np.isfinite(summary["final_logs"]["loss"])
   model = dpc_tf.load_model(tmp_path / "run" / "model")
