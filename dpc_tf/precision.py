@@ -11,7 +11,7 @@ It only pays on hardware with bfloat16 units: Intel CPUs with AVX512_BF16 or
 AMX (Cooper Lake, Sapphire Rapids and later), NVIDIA GPUs of compute
 capability 8.0 and later, TPUs. Elsewhere oneDNN emulates bfloat16 with float32
 instructions plus conversions, and a training step is *slower* than in
-float32 (1.75-1.8x on an AVX-512 Cascade Lake CPU without AVX512_BF16:
+float32 (1.5-1.8x on an AVX-512 Cascade Lake CPU without AVX512_BF16:
 bench/results/precision.md); `bfloat16_hardware` tells which case applies.
 """
 
@@ -82,7 +82,7 @@ def slow_precision_warning(precision, cpuinfo="/proc/cpuinfo"):
     return None
   return (f"--precision_policy=mixed_bfloat16 on a {what}: there are no "
           "bfloat16 units, oneDNN emulates bfloat16 and training will be "
-          "SLOWER than in float32 (~1.8x on AVX-512 CPUs without AVX512_BF16: "
+          "SLOWER than in float32 (1.5-1.8x on AVX-512 CPUs without AVX512_BF16: "
           "bench/results/precision.md). It "
           "still trains correctly; use float32 on this machine.")
 

@@ -77,7 +77,7 @@ flags.DEFINE_enum("precision_policy", "float32", ["float32", "mixed_bfloat16"],
                   "bfloat16 in training steps (variables, entropy models, rate "
                   "and loss stay float32; the saved model is the same). Faster "
                   "only with bfloat16 hardware (AVX512_BF16/AMX CPUs, GPUs of "
-                  "compute capability >= 8); ~1.8x slower elsewhere.")
+                  "compute capability >= 8); 1.5-1.8x slower elsewhere.")
 # -- Data
 flags.DEFINE_string("train_glob", None,
                     "Training images: comma-separated folders (searched "
