@@ -46,6 +46,11 @@ def _eval(out):
   return bench_eval.run(out)
 
 
+def _precision(out):
+  from bench import bench_precision
+  return bench_precision.run(out)
+
+
 def _decode_memory(out):
   from bench import bench_decode_memory
   return bench_decode_memory.run(out)
@@ -57,7 +62,8 @@ def _fuzz(out):
 
 
 BENCHMARKS = {"codec": _codec, "lpips": _lpips, "train": _train, "eval": _eval,
-              "decode_memory": _decode_memory, "fuzz": _fuzz}
+              "decode_memory": _decode_memory, "fuzz": _fuzz,
+              "precision": _precision}
 
 
 def main(argv=None):

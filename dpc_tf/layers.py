@@ -8,6 +8,13 @@ same scale.
 GDN is always used as the `activation` of a `tfc.SignalConv2D`, as tfc's own
 models do: a standalone `tfc.GDN` layer breaks SavedModel export in tfc 2.14
 (`OperatorNotAllowedInGraphError` while Keras traces it).
+
+Precision: each transform has a `precision`, "float32" or "mixed_bfloat16"
+(`set_training_precision` sets it on a whole model). With "mixed_bfloat16" its
+convolutions compute in bfloat16 *in training calls only* (GDN stays
+float32); its variables, inputs and outputs stay float32, so whatever lies
+between the transforms (quantisation, entropy models, rate, loss) is float32,
+and inference and compression are float32 whatever the model was trained with.
 """
 
 import contextlib
@@ -15,6 +22,8 @@ import threading
 
 import tensorflow as tf
 import tensorflow_compression as tfc
+
+from dpc_tf import precision as precision_lib
 
 _PACKAGE = "dpc_tf"
 _state = threading.local()
@@ -75,11 +84,53 @@ def _conv(filters, kernel, *, down=1, up=1, activation=None, use_bias=True,
       kernel_parameter=kernel_parameter, activation=activation, **extra)
 
 
+def set_training_precision(model, precision):
+  """Sets the training precision of every transform of `model` (or a layer).
+
+  "mixed_bfloat16" makes training steps compute the transforms' convolutions
+  in bfloat16 (fast only with bfloat16 hardware: `dpc_tf.precision`);
+  inference and compression stay float32. Takes effect when a step is next
+  traced: call it before the first `fit`. Returns the transforms it set.
+  """
+  precision_lib.check_precision(precision)
+  stacks = [m for m in [model, *model.submodules] if isinstance(m, _Stack)]
+  if not stacks:
+    raise ValueError(f"{model.name!r} has no dpc_tf transforms to set the "
+                     "precision of.")
+  for stack in stacks:
+    stack.precision = precision
+  return stacks
+
+
+def _set_policy(conv, policy):
+  # Keras reads a layer's policy when it is called (autocasting the inputs)
+  # and tfc converts the kernel to `compute_dtype` at each call, so switching
+  # the policy between calls switches the computation; the variables, created
+  # float32, are untouched. (`_set_dtype_policy` is what Keras' constructor
+  # calls; Keras 2 has no public setter.) A GDN activation keeps its float32
+  # policy, so it autocasts the bfloat16 convolution output and normalises in
+  # float32, as Keras' mixed precision keeps normalisations in float32; tfc
+  # also stores GDN's constant alpha and epsilon in the dtype it was built
+  # with, which a bfloat16 call would have to cast back in every step.
+  if conv.dtype_policy.name != policy:
+    conv._set_dtype_policy(policy)  # pylint: disable=protected-access
+
+
 class _Stack(tf.keras.layers.Layer):
   """A sequence of layers built from hyper-parameters, serialised by them."""
 
-  def __init__(self, name=None, **kwargs):
+  # Training calls pad with tf.pad and convolve with VALID padding rather than
+  # use tfc's EXPLICIT-padding ops: TF 2.14's oneDNN rewrite leaves the
+  # gradients (Conv2DBackpropFilter/Input) of EXPLICIT-padding convolutions,
+  # and the transposed convolutions, to Eigen's kernels, which are slower in
+  # float32 and ~10x slower in bfloat16 (bench/results/precision.md). Same
+  # function; inference keeps tfc's default, so coded bits do not change.
+  # A class attribute, so the benchmark can compare both.
+  pad_in_training = True
+
+  def __init__(self, name=None, precision=precision_lib.FLOAT32, **kwargs):
     super().__init__(name=name, **kwargs)
+    self.precision = precision_lib.check_precision(precision)
     self._stack = []
 
   def build(self, input_shape):
@@ -103,14 +154,26 @@ class _Stack(tf.keras.layers.Layer):
             layer.activation.build(shape)
     super().build(input_shape)
 
-  def call(self, x):
+  def call(self, x, training=None):
+    # bfloat16 only in training steps (Keras passes the model's `training`
+    # down); validation, compression and SavedModels compute in float32, so
+    # bitstreams never depend on how the model was trained. The policy is read
+    # while a step is traced, hence set at every call.
+    if tf.is_tensor(training):
+      training = tf.get_static_value(training)  # None if only known at run time.
+    policy = self.precision if training else precision_lib.FLOAT32
+    explicit = not (training and self.pad_in_training)
     for layer in self._stack:
+      _set_policy(layer, policy)
+      # tfc's setter refuses built layers, but `call` reads it at each call.
+      layer._use_explicit = explicit  # pylint: disable=protected-access
       x = layer(x)
-    return x
+    # float32 out whatever the layers computed in (a no-op in float32).
+    return tf.cast(x, self.compute_dtype)
 
   def get_config(self):
     config = super().get_config()
-    config.update(self._hparams())
+    config.update(self._hparams(), precision=self.precision)
     return config
 
   def _hparams(self):
@@ -180,8 +243,9 @@ class HyperAnalysisTransform(_Stack):
         _conv(self.hyperprior_depth, 5, down=2, name="conv_2", use_bias=False),
     ]
 
-  def call(self, y):
-    return super().call(tf.abs(y) if self.absolute_input else y)
+  def call(self, y, training=None):
+    return super().call(tf.abs(y) if self.absolute_input else y,
+                        training=training)
 
   def _hparams(self):
     return dict(num_filters=self.num_filters,

@@ -47,7 +47,9 @@ import perceptual
 from perceptual import losses
 from perceptual import lpips_weights
 from dpc_tf import data
+from dpc_tf import layers
 from dpc_tf import metrics
+from dpc_tf import precision
 from dpc_tf import saving
 from dpc_tf.models import registry
 
@@ -518,6 +520,9 @@ class TrainConfig:
   lr_boundaries: tuple = ()
   lr_decay_factor: float = 0.1
   seed: int = None
+  # "float32" or "mixed_bfloat16" (the transforms' convolutions in training
+  # steps; see dpc_tf.precision). The saved model is the same either way.
+  precision_policy: str = "float32"
   # Data.
   train_glob: str = None
   tfds_name: str = None
@@ -568,6 +573,9 @@ def _check_config(config):
   if config.lmbdas and config.lmbda is not None:
     raise TrainingError("Give --lmbda (a fixed-rate model) or --lmbdas (a "
                         "variable-rate model), not both.")
+  if config.precision_policy not in precision.PRECISIONS:
+    raise TrainingError(f"Unknown --precision_policy {config.precision_policy!r}; "
+                        f"choose one of {', '.join(precision.PRECISIONS)}.")
 
 
 def _model_hparams(config):
@@ -691,6 +699,7 @@ def train(config):
       model = registry.create_model(config.arch, **hparams)
     except ValueError as e:
       raise TrainingError(str(e)) from None
+    layers.set_training_precision(model, config.precision_policy)
     distortion = make_distortion(config.distortion, alpha=config.alpha,
                                  trunk=config.lpips_trunk,
                                  weights_path=config.lpips_weights)
@@ -705,9 +714,13 @@ def train(config):
                     quantization_proxy=config.quantization_proxy)
     except ValueError as e:
       raise TrainingError(str(e)) from None
-  logging.info("Model %s %s; distortion %s; lambda %s.", config.arch,
+  logging.info("Model %s %s; distortion %s; lambda %s; precision %s.", config.arch,
                model.get_config(), distortion.name,
-               model.lmbdas if model.variable_rate else model.lmbda)
+               model.lmbdas if model.variable_rate else model.lmbda,
+               config.precision_policy)
+  slow = precision.slow_precision_warning(config.precision_policy)
+  if slow:
+    logging.warning("%s", slow)
 
   resumed = backup_state(backup_dir)
   if resumed:

@@ -86,6 +86,12 @@ flags.DEFINE_string("init_from", None,
                     "or a dpc-train output directory), e.g. a variable-rate "
                     "model from a fixed-rate one, or msssim fine-tuning from "
                     "dpc. Ignored when the run resumes from its backup.")
+flags.DEFINE_enum("precision_policy", "float32", ["float32", "mixed_bfloat16"],
+                  "mixed_bfloat16: the transforms' convolutions compute in "
+                  "bfloat16 in training steps (variables, entropy models, rate "
+                  "and loss stay float32; the saved model is the same). Faster "
+                  "only with bfloat16 hardware (AVX512_BF16/AMX CPUs, GPUs of "
+                  "compute capability >= 8); 1.5-1.8x slower elsewhere.")
 # -- Data
 flags.DEFINE_string("train_glob", None,
                     "Training images: comma-separated folders (searched "
