@@ -56,6 +56,33 @@ class QualityError(ValueError):
   """A quality or target rate the model cannot code at (names the valid range)."""
 
 
+def check_quality(architecture, lmbdas, quality):
+  """The float32 quality a model of these `lmbdas` codes (0.0 if fixed-rate).
+
+  `lmbdas`: a variable-rate model's trained λ (its qualities are 1..N), or
+  None. Raises `QualityError` naming the value and the valid range. The value
+  is rounded to float32 because the bitstream stores it so: the decoder must
+  use exactly the encoder's gains. Python models and SavedModels share it, so
+  both refuse the same qualities.
+  """
+  if not lmbdas:
+    if quality is not None:
+      raise QualityError(
+          f"The {architecture!r} model is fixed-rate: it codes at one "
+          f"rate, so quality={quality} cannot be used. Train a variable-rate "
+          "model (dpc-train --lmbdas=...) or use a zoo model.")
+    return 0.0
+  low, high = 1.0, float(len(lmbdas))
+  if quality is None:
+    raise QualityError(f"This variable-rate model needs a quality in "
+                       f"[{low:g}, {high:g}] (or a target bpp).")
+  q = struct.unpack("<f", struct.pack("<f", float(quality)))[0]
+  if not low <= q <= high:
+    raise QualityError(f"quality {quality} is outside this model's trained "
+                       f"range [{low:g}, {high:g}].")
+  return q
+
+
 @dataclasses.dataclass(frozen=True)
 class Header:
   architecture: str

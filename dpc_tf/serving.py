@@ -39,6 +39,7 @@ import shutil
 import tempfile
 
 from dpc_tf import codec as codec_lib
+from dpc_tf import container
 from dpc_tf import files
 from dpc_tf import saving
 
@@ -318,13 +319,6 @@ def describe(path):
 # -- Running SavedModels ---------------------------------------------------------
 
 
-def _models_base_method(name):
-  def method(self, *args, **kwargs):
-    from dpc_tf.models import base  # pylint: disable=import-outside-toplevel
-    return getattr(base.CompressionModel, name)(self, *args, **kwargs)
-  return method
-
-
 class _ServedModel:
   """The part of a `CompressionModel` that `Codec` uses, over the signatures."""
 
@@ -346,8 +340,8 @@ class _ServedModel:
   def get_config(self):
     return dict(self._config)
 
-  # The same checks as a Python model's, so both refuse the same qualities.
-  check_quality = _models_base_method("check_quality")
+  def check_quality(self, quality):
+    return container.check_quality(self.architecture, self.lmbdas, quality)
 
   def _quality_inputs(self, quality):
     import tensorflow as tf

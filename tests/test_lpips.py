@@ -99,14 +99,6 @@ def test_spatial_maps_match_reference(trunk, reference_weights):
                                  err_msg=f"{trunk} {kind} {case}")
 
 
-def test_fixtures_separate_similar_from_different_images():
-  """The fixtures are informative: distances span a wide range."""
-  for trunk in TRUNKS:
-    distance = load_fixture(trunk)["distance/square"]
-    # Pair 1 is a photo with mild noise, pair 3 two different photos.
-    assert distance[3] > 10 * distance[1]
-
-
 def test_identical_images_have_zero_distance(alex_weights):
   x = load_fixture("alex")["x0/square"].astype(np.float32) / 255
   np.testing.assert_array_equal(LPIPS("alex", weights_path=alex_weights)(x, x),
@@ -194,15 +186,6 @@ def test_weights_file_round_trip(tmp_path):
   assert len(metric.weights) == len(arrays)  # each variable tracked once
   for name, value in arrays.items():
     np.testing.assert_array_equal(variables[name].numpy(), value)
-
-
-def test_seeded_weights_are_deterministic_and_distinct():
-  a = testing.seeded_trunk_state_dict("alex", seed=1)
-  assert list(a) == list(trunks_lib.torch_trunk_shapes("alex"))
-  assert testing.state_dict_digest(a) == testing.state_dict_digest(
-      testing.seeded_trunk_state_dict("alex", seed=1))
-  assert testing.state_dict_digest(a) != testing.state_dict_digest(
-      testing.seeded_trunk_state_dict("alex", seed=2))
 
 
 def test_converter_refuses_another_networks_checkpoint():
@@ -379,8 +362,10 @@ def test_mixed_precision_computes_in_float16_returns_float32(alex_weights):
   assert all(v.dtype == tf.float32 for v in metric.variables)
   distance = metric(x0, x1)
   assert distance.dtype == tf.float32
-  np.testing.assert_allclose(distance, fixture["distance/square"], rtol=2e-2,
-                             atol=1e-3)
+  # float16 features, float32 sums: within 5.5e-4 of the reference (relative,
+  # on distances down to 0.0019); 2e-3 is about two float16 ulps.
+  np.testing.assert_allclose(distance, fixture["distance/square"], rtol=2e-3,
+                             atol=0)
   x1 = tf.constant(x1)
   with tf.GradientTape() as tape:
     tape.watch(x1)

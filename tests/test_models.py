@@ -37,6 +37,95 @@ def test_round_trip_any_size(tiny_models, arch, shape):
   np.testing.assert_array_equal(decoded, expected)
 
 
+def _table_ranges(em):
+  """(lowest, highest) symbol of each of `em`'s coding tables.
+
+  Symbols outside take the range coder's escape (overflow) path. tfc stores
+  the tables back to back, each as a negative precision marker, then the CDF
+  of its n symbols and the escape symbol (n + 2 values).
+  """
+  cdf, offset = em.cdf.numpy(), em.cdf_offset.numpy()
+  starts = np.flatnonzero(cdf < 0)
+  lengths = np.diff(np.append(starts, len(cdf))) - 3
+  return offset, offset + lengths - 1
+
+
+def _spy_on_range_coding(model, monkeypatch):
+  """Records what each frozen entropy model codes and decodes, in call order.
+
+  Returns (coded, decoded): lists of (name, symbols, lowest, highest), where
+  lowest/highest bound the table each symbol is coded with.
+  """
+  coded, decoded = [], []
+
+  def record(log, name, em, values, indexes, loc):
+    symbols = np.round(values.numpy() - (0.0 if loc is None else loc.numpy()))
+    low, high = _table_ranges(em)
+    if indexes:  # Indexed model: tfc clips the index, then truncates it.
+      table = np.clip(indexes[0].numpy(), 0, model.num_scales - 1).astype(int)
+      low, high = low[table], high[table]
+    log.append((name, symbols, low, high))
+
+  for name, em in model._frozen.items():
+    def compress(values, *indexes, loc=None, _name=name, _em=em,
+                 _compress=em.compress):
+      record(coded, _name, _em, tf.convert_to_tensor(values), indexes, loc)
+      return _compress(values, *indexes, **({} if loc is None else {"loc": loc}))
+
+    def decompress(strings, *args, loc=None, _name=name, _em=em,
+                   _decompress=em.decompress):
+      values = _decompress(strings, *args, **({} if loc is None else {"loc": loc}))
+      indexes = args if _name == "indexed" else ()
+      record(decoded, _name, _em, values, indexes, loc)
+      return values
+
+    monkeypatch.setattr(em, "compress", compress, raising=False)
+    monkeypatch.setattr(em, "decompress", decompress, raising=False)
+  return coded, decoded
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_symbol_round_trips_with_large_values_and_escapes(
+    tiny_models, arch, monkeypatch):
+  """The decoder recovers each coded symbol, at a trained model's magnitudes.
+
+  The tiny models are seeded and scaled (conftest.give_trained_magnitudes):
+  hyper-latents are mostly non-zero, so an encoder that computed the entropy
+  parameters from the unquantised z (the decoder only has the quantised one)
+  fails here, and symbols exceed the coding tables, so the range coder's
+  escape path is exercised.
+  """
+  from skimage import data
+  model = tiny_models[arch]
+  image = np.ascontiguousarray(data.astronaut()[100:165, 150:280])
+  coded, decoded = _spy_on_range_coding(model, monkeypatch)
+  codec = dpc_tf.Codec(model)
+  # Eagerly, so the spies see values (compression is otherwise a traced graph).
+  tf.config.run_functions_eagerly(True)
+  try:
+    pixels = codec.decode(codec.encode(image))
+  finally:
+    tf.config.run_functions_eagerly(False)
+  assert [c[0] for c in coded] == [d[0] for d in decoded]
+  assert len(coded) == len(model.string_names)
+  for (name, symbols, _, _), (_, got, _, _) in zip(coded, decoded):
+    np.testing.assert_array_equal(got, symbols, err_msg=f"{arch}: {name}")
+  latents = [c for c, n in zip(coded, model.string_names) if n != "z"]
+  symbols = np.concatenate([c[1].ravel() for c in latents])
+  escaped = np.concatenate([((c[1] < c[2]) | (c[1] > c[3])).ravel()
+                            for c in latents])
+  assert np.abs(symbols).max() >= 30, np.abs(symbols).max()
+  assert escaped.mean() >= 0.05, f"only {escaped.sum()} symbols escape"
+  if "z" in model.string_names:
+    z = coded[0][1]
+    assert np.mean(z != 0) > 0.5 and np.abs(z).max() >= 10, z
+  # And the pixels are those the encoder's quantised latents give.
+  np.testing.assert_array_equal(
+      pixels, model.image_from_latents(model.image_latents(image),
+                                       image.shape[:2]).numpy())
+  assert pixels.std() > 20  # A reconstruction that depends on the latents.
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_encoding_is_deterministic(tiny_models, photo, arch):
   codec = dpc_tf.Codec(tiny_models[arch])
@@ -107,10 +196,27 @@ def test_training_lowers_the_loss(arch):
   assert set(after) >= {"loss", "bpp", "distortion", "mse", "psnr"}
 
 
-def test_training_reports_distortion_and_quantization_proxy():
+def test_keras_batch_methods_and_xy_datasets_train():
+  # Keras hands train_step/test_step an (x,) tuple from train_on_batch and
+  # from datasets of (x, y) pairs; the models train on the images alone.
+  model = dpc_tf.create_model("mean_scale_hyperprior",
+                              **TINY_HPARAMS["mean_scale_hyperprior"])
+  model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), distortion="mse",
+                lmbda=0.01)
+  x = _images(2, 64)
+  before = [v.numpy() for v in model.trainable_variables]
+  logs = model.train_on_batch(x, return_dict=True)
+  assert set(logs) >= {"loss", "bpp", "psnr"} and np.isfinite(logs["loss"])
+  assert any(not np.array_equal(b, v.numpy())
+             for b, v in zip(before, model.trainable_variables))
+  assert np.isfinite(model.test_on_batch(x, return_dict=True)["loss"])
+  pairs = tf.data.Dataset.from_tensor_slices((x, x)).batch(2)
+  assert np.isfinite(model.evaluate(pairs, verbose=0, return_dict=True)["loss"])
+
+
+def test_evaluation_reports_the_distortion_and_the_loss_it_makes():
   model = dpc_tf.create_model("hyperprior", num_filters=8)
-  model.compile(optimizer="adam", distortion="msssim", lmbda=10.0,
-                quantization_proxy="noise")
+  model.compile(optimizer="adam", distortion="msssim", lmbda=10.0)
   logs = model.evaluate(_images(2, 64), batch_size=2, verbose=0, return_dict=True)
   # distortion is 1 - MS-SSIM; the loss is bpp + lmbda * distortion.
   assert 0 < logs["distortion"] <= 2

@@ -285,34 +285,24 @@ class DetectionTask:
 
   def summarise(self, points, codec_settings, images):
     """One row per codec setting: mean bpp and times, COCO metrics over its images."""
-    grouped = {}
-    for point in points:
-      grouped.setdefault((point["codec"], point["setting"]), []).append(point)
-    rows = []
-    for codec, settings in codec_settings:
-      codec_rows = []
-      for setting in settings:
-        group = grouped.get((codec, setting), [])
-        if not group:
-          continue
-        results, unmapped, image_ids = [], 0, []
-        for point in group:
-          image_id = self.ground_truth.image_ids[point["image"]]
-          image_ids.append(image_id)
-          found, dropped = coco_results(point["detections"], image_id, point["width"],
-                                        point["height"], self.class_map)
-          results += found
-          unmapped += dropped
-        row = {"codec": codec, "setting": setting, "n_images": len(group),
-               "complete": len(group) == len(images),
-               "bpp": float(np.mean([p["bpp"] for p in group])),
-               **self.ground_truth.evaluate(results, image_ids),
-               "detections": len(results), "unmapped": unmapped}
-        for column in ("encode_ms", "decode_ms", "detect_ms"):
-          row[column] = float(np.mean([p[column] for p in group]))
-        codec_rows.append(row)
-      rows += sorted(codec_rows, key=lambda r: r["bpp"])
-    return rows
+
+    def measure(group):
+      results, unmapped, image_ids = [], 0, []
+      for point in group:
+        image_id = self.ground_truth.image_ids[point["image"]]
+        image_ids.append(image_id)
+        found, dropped = coco_results(point["detections"], image_id, point["width"],
+                                      point["height"], self.class_map)
+        results += found
+        unmapped += dropped
+      row = {"bpp": float(np.mean([p["bpp"] for p in group])),
+             **self.ground_truth.evaluate(results, image_ids),
+             "detections": len(results), "unmapped": unmapped}
+      for column in ("encode_ms", "decode_ms", "detect_ms"):
+        row[column] = float(np.mean([p[column] for p in group]))
+      return row
+
+    return report.summarise_settings(points, codec_settings, len(images), measure)
 
   def curve_metrics(self, rows):
     return [m for m in CURVE_METRICS if any(r.get(m) is not None for r in rows)]

@@ -9,11 +9,11 @@ anything `dpc_tf.load_codec` opens (a model directory written by
 of the shipped zoo.
 """
 
-import json
 import os
 
 import numpy as np
 
+from dpc_tf import files
 from dpc_tf.evaluation.codecs import Codec
 
 
@@ -38,7 +38,12 @@ class ModelCodec(Codec):
       if "@" in spec or loader is not None:
         settings.append(self.parse_setting(spec))
         continue
-      qualities = trained_qualities(spec)
+      try:
+        qualities = trained_qualities(spec)
+      except files.ModelFileError:
+        # Kept as one setting: its `prepare` fails with the same message and
+        # the evaluation records it and goes on with the other codecs.
+        qualities = None
       if qualities:
         settings += [f"{self.parse_setting(spec)}@{q:g}" for q in qualities]
       else:
@@ -76,12 +81,7 @@ class ModelCodec(Codec):
     self._codec, self._loaded_path = None, None
     if self._loader is None:
       import dpc_tf
-      if path.startswith("zoo:"):
-        self._codec = dpc_tf.load_codec(path)
-      elif not os.path.exists(path):
-        raise FileNotFoundError(f"model path {path!r} of codec {self.name!r} does not exist.")
-      else:
-        self._codec = dpc_tf.load_codec(path)
+      self._codec = dpc_tf.load_codec(path)
     else:
       self._codec = self._loader(path)
     self._loaded_path = path
@@ -104,27 +104,17 @@ class ModelCodec(Codec):
 def trained_qualities(path):
   """[1, 2, ..., N] for a variable-rate model at `path`, else None.
 
-  Reads the model's description only (no TensorFlow): `model.json` of a model
-  directory, `dpc_model.json` of an exported SavedModel, or the zoo's.
+  Reads the model's description only (no weights): any model path
+  `dpc_tf.load_codec` takes. Raises `ModelFileError` naming a bad path.
   """
-  path = str(path)
-  if path.startswith("zoo:"):
-    from dpc_tf import zoo  # pylint: disable=import-outside-toplevel
-    path = zoo.model_dir(path[4:])
-  candidates = [os.path.join(path, "model.json"),
-                os.path.join(path, "model", "model.json"),
-                os.path.join(path, "assets.extra", "dpc_model.json")]
-  if os.path.isdir(path):
-    versions = [d for d in os.listdir(path) if d.isdigit()]
-    if versions:
-      top = max(versions, key=int)
-      candidates.append(os.path.join(path, top, "assets.extra", "dpc_model.json"))
-  for candidate in candidates:
-    if os.path.isfile(candidate):
-      try:
-        with open(candidate) as f:
-          lmbdas = json.load(f).get("config", {}).get("lmbdas")
-      except (OSError, ValueError):
-        return None
+  kind, resolved = files.resolve_model(path)
+  if kind == "saved_model":
+    from dpc_tf import serving  # pylint: disable=import-outside-toplevel
+    config = serving.read_info(resolved)["config"]
+  else:
+    from dpc_tf import saving  # pylint: disable=import-outside-toplevel
+    config = saving.read_model_info(resolved)["config"]
+  lmbdas = config.get("lmbdas")
+  return [float(q) for q in range(1, len(lmbdas) + 1)] if lmbdas else None
       return [float(q) for q in range(1, len(lmbdas) + 1)] if lmbdas else None
   return None

@@ -33,38 +33,46 @@ def _mean(values):
   return float(np.mean(values)) if values else None
 
 
-def summarise(points, codec_settings, num_images):
-  """Averages points over images for each codec setting.
+def summarise_settings(points, codec_settings, num_images, measure):
+  """One row per codec setting with points, in table order.
 
   Args:
-    points: dicts with "codec", "setting", "bpp", metric and timing values.
+    points: dicts with at least "codec" and "setting".
     codec_settings: [(codec name, [setting keys])] giving which rows to make,
       in table order.
     num_images: how many images a complete setting has.
+    measure: the setting's points -> a dict of its columns (with "bpp").
 
   Returns:
-    A list of dicts with SUMMARY_COLUMNS; within a codec, sorted by bpp.
+    Dicts of codec, setting, n_images, complete and `measure`'s columns;
+    within a codec, sorted by bpp.
   """
   grouped = {}
   for point in points:
     grouped.setdefault((point["codec"], point["setting"]), []).append(point)
   rows = []
   for codec, settings in codec_settings:
-    codec_rows = []
-    for setting in settings:
-      group = grouped.get((codec, setting), [])
-      if not group:
-        continue
-      row = {"codec": codec, "setting": setting, "n_images": len(group),
-             "complete": len(group) == num_images}
-      for column in ("bpp", "psnr", "msssim", "msssim_db", "encode_ms", "decode_ms"):
-        row[column] = _mean([p[column] for p in group])
-      # LPIPS only if every image has it (it is optional per run).
-      lpips = [p.get("lpips") for p in group]
-      row["lpips"] = _mean(lpips) if all(v is not None for v in lpips) else None
-      codec_rows.append(row)
+    codec_rows = [
+        {"codec": codec, "setting": setting, "n_images": len(group),
+         "complete": len(group) == num_images, **measure(group)}
+        for setting in settings
+        for group in [grouped.get((codec, setting), [])] if group]
     rows += sorted(codec_rows, key=lambda r: r["bpp"])
   return rows
+
+
+def _image_means(group):
+  row = {column: _mean([p[column] for p in group])
+         for column in ("bpp", "psnr", "msssim", "msssim_db", "encode_ms", "decode_ms")}
+  # LPIPS only if every image has it (it is optional per run).
+  lpips = [p.get("lpips") for p in group]
+  row["lpips"] = _mean(lpips) if all(v is not None for v in lpips) else None
+  return row
+
+
+def summarise(points, codec_settings, num_images):
+  """Averages points over images for each codec setting (SUMMARY_COLUMNS)."""
+  return summarise_settings(points, codec_settings, num_images, _image_means)
 
 
 def curves(rows, metric):

@@ -34,6 +34,7 @@ import tensorflow as tf
 import tensorflow_compression as tfc
 
 import perceptual
+from dpc_tf import container
 from dpc_tf import layers
 from dpc_tf.container import QualityError
 
@@ -179,26 +180,10 @@ class CompressionModel(tf.keras.Model):
   def check_quality(self, quality):
     """The float32 quality that will be coded (or 0.0 for fixed-rate models).
 
-    Raises `QualityError` naming the value and the valid range. The value is
-    rounded to float32 here because the bitstream stores it so: the decoder
-    must use exactly the encoder's gains.
+    Raises `QualityError` naming the value and the valid range
+    (`dpc_tf.container.check_quality`).
     """
-    if not self.variable_rate:
-      if quality is not None:
-        raise QualityError(
-            f"The {self.architecture!r} model is fixed-rate: it codes at one "
-            f"rate, so quality={quality} cannot be used. Train a variable-rate "
-            "model (dpc-train --lmbdas=...) or use a zoo model.")
-      return 0.0
-    low, high = self.quality_range
-    if quality is None:
-      raise QualityError(f"This variable-rate model needs a quality in "
-                         f"[{low:g}, {high:g}] (or a target bpp).")
-    q = float(np.float32(quality))
-    if not low <= q <= high:
-      raise QualityError(f"quality {quality} is outside this model's trained "
-                         f"range [{low:g}, {high:g}].")
-    return q
+    return container.check_quality(self.architecture, self.lmbdas, quality)
 
   def _level(self, quality):
     """Quality tensor -> rate level (0-based), or None for fixed-rate models."""
@@ -405,7 +390,9 @@ class CompressionModel(tf.keras.Model):
     if self.distortion is None:
       raise RuntimeError("Call model.compile(optimizer, distortion, lmbda) first.")
 
-  def train_step(self, x):
+  def train_step(self, data):
+    # Images only; Keras wraps arrays as (x,) (fit on NumPy, train_on_batch).
+    x, _, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
     self._check_compiled()
     qualities, lmbda = self._batch_qualities(x, training=True)
     with tf.GradientTape() as tape:
@@ -416,7 +403,8 @@ class CompressionModel(tf.keras.Model):
     self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
     return self._report(terms)
 
-  def test_step(self, x):
+  def test_step(self, data):
+    x, _, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
     self._check_compiled()
     qualities, lmbda = self._batch_qualities(x, training=False)
     x_hat, bits = self(x, training=False, quality=qualities)
@@ -474,6 +462,13 @@ class CompressionModel(tf.keras.Model):
           self.compress_analyzed, input_signature=[y, shape] + quality)
     return cache[name]
 
+  @staticmethod
+  def _use_traced():
+    # Eager callers get the traced graphs, unless TF's debugging switch
+    # tf.config.run_functions_eagerly(True) is on: then the ops run eagerly
+    # (as they do inside a caller's tf.function).
+    return tf.executing_eagerly() and not tf.config.functions_run_eagerly()
+
   def trace_decoder(self):
     """Traces the decoder now rather than at the first decode (servers)."""
     self._require_frozen()
@@ -492,7 +487,7 @@ class CompressionModel(tf.keras.Model):
     The costly half of encoding; `compress_analyzed` codes it at a quality,
     so rate control runs the transform once and re-codes only.
     """
-    if tf.executing_eagerly():
+    if self._use_traced():
       return self._traced("analyze")(tf.convert_to_tensor(image, tf.uint8))
     return self.analysis_transform(
         self._pad(tf.convert_to_tensor(image, tf.uint8)))
@@ -500,7 +495,7 @@ class CompressionModel(tf.keras.Model):
   def compress_analyzed(self, y, image_shape, quality=None):
     """`analyze_image`'s output -> {string name: scalar string, "image_shape"}."""
     self._require_frozen()
-    if tf.executing_eagerly():
+    if self._use_traced():
       return self._traced("compress_analyzed")(
           y, tf.convert_to_tensor(image_shape, tf.int32),
           *self._quality_inputs(quality))
@@ -516,7 +511,7 @@ class CompressionModel(tf.keras.Model):
     """
     self._require_frozen()
     image = tf.convert_to_tensor(image, tf.uint8)
-    if tf.executing_eagerly():
+    if self._use_traced():
       return self._traced("compress")(image, *self._quality_inputs(quality))
     return self.compress_analyzed(self.analyze_image(image),
                                   tf.shape(image)[:2], quality)
@@ -528,7 +523,7 @@ class CompressionModel(tf.keras.Model):
       raise ValueError(f"{self.architecture} decodes {len(self.string_names)} "
                        f"strings ({', '.join(self.string_names)}), got {len(strings)}.")
     image_shape = tf.convert_to_tensor(image_shape, tf.int32)
-    if tf.executing_eagerly():
+    if self._use_traced():
       return self._traced("decompress")(
           image_shape, *[tf.convert_to_tensor(s, tf.string) for s in strings],
           *self._quality_inputs(quality))["image"]
@@ -569,7 +564,10 @@ class CompressionModel(tf.keras.Model):
 
   def _string_symbols(self, padded_height, padded_width):
     """[(frozen table name, latent positions)] per string, `string_names` order."""
-    raise NotImplementedError
+    raise NotImplementedError(
+        f"{type(self).__name__} must implement _string_symbols(padded_height, "
+        "padded_width): the decoder needs it to refuse decompression bombs "
+        "(see CompressionModel.min_string_bytes).")
 
   def image_latents(self, image, quality=None):
     """uint8 [H, W, 3] -> the quantised latents (what is entropy-coded).
