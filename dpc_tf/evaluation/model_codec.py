@@ -116,5 +116,3 @@ def trained_qualities(path):
     config = saving.read_model_info(resolved)["config"]
   lmbdas = config.get("lmbdas")
   return [float(q) for q in range(1, len(lmbdas) + 1)] if lmbdas else None
-      return [float(q) for q in range(1, len(lmbdas) + 1)] if lmbdas else None
-  return None
