@@ -92,10 +92,8 @@ def run(args):
   except ValueError as error:
     print(f"dpc eval-detect: error: {error}", file=sys.stderr)
     return 2
-  from dpc_tf.evaluation.report import markdown
-  print(markdown(summary))
-  print(f"Wrote points.csv, summary.json, summary.csv, summary.md and plots to {args.out}")
-  return 0 if summary["rows"] else 1
+  from dpc_tf.evaluation.report import print_summary
+  return print_summary(summary, args.out)
 
 
 def main(argv=None):

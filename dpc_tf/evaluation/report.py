@@ -319,6 +319,13 @@ def markdown(summary):
   return "\n".join(lines) + "\n"
 
 
+def print_summary(summary, out):
+  """Prints the report and where its files are; the exit code (1: no rows)."""
+  print(markdown(summary))
+  print(f"Wrote points.csv, summary.json, summary.csv, summary.md and plots to {out}")
+  return 0 if summary["rows"] else 1
+
+
 def describe_images(paths, sizes):
   """A short description of an image set: common folder and sizes."""
   if not paths:
