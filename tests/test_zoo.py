@@ -75,3 +75,13 @@ def test_a_damaged_zoo_model_is_refused(tmp_path, monkeypatch):
     zoo.load_model(name)
   with pytest.raises(zoo.ZooError, match="No zoo model 'nope'"):
     zoo.load_model("nope")
+
+
+def test_eval_takes_zoo_models_at_chosen_qualities():
+  # `--model NAME=zoo:dpc@2.5,...` is how the README adds zoo rows to a
+  # detection or Kodak evaluation; the path check must look past `@Q`.
+  from dpc_tf.evaluation import cli as eval_cli  # pylint: disable=import-outside-toplevel
+  (codec,) = eval_cli.build_codecs("none", [], ["dpc=zoo:dpc@1,zoo:dpc@2.5"])
+  assert codec.settings == ["zoo:dpc@1", "zoo:dpc@2.5"]
+  with pytest.raises(ValueError, match="No zoo model 'nothing'"):
+    eval_cli.build_codecs("none", [], ["x=zoo:nothing@1"])

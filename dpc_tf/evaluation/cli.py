@@ -122,7 +122,7 @@ def build_codecs(codecs_arg, settings_args, model_args, default_codecs=None):
     if name in [c.name for c in result]:
       raise ValueError(f"--model name {name!r} is already used by another codec.")
     for path in paths:  # Before any work; files.ModelFileError is a ValueError.
-      files.resolve_model(path)
+      files.resolve_model(str(path).partition("@")[0])
     result.append(ModelCodec(name, paths))
   if not result:
     raise ValueError("Nothing to evaluate: give --codecs and/or --model.")
