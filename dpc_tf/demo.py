@@ -52,18 +52,13 @@ def run(command):
 
 
 def jpeg_at(image, bpp):
-  """(JPEG 4:2:0 bytes, decoded) of the largest quality at or under `bpp`."""
-  import io
-  from PIL import Image
-  best = None
-  for quality in range(5, 96):
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, "JPEG", quality=quality, subsampling=2)
-    data = buffer.getvalue()
-    if best is not None and 8 * len(data) / image[..., 0].size > bpp:
-      break
-    best = data
-  return best, np.asarray(Image.open(io.BytesIO(best)).convert("RGB"))
+  """(JPEG 4:2:0 bytes, decoded) at its largest setting at or under `bpp`: the
+  same search the human study and tools/side_by_side.py use."""
+  from dpc_tf.evaluation import codecs as classical
+  from dpc_tf.study.codecs import ClassicalStudyCodec
+  jpeg = ClassicalStudyCodec(classical.get_codec("jpeg420"))
+  coded = jpeg.code({"photo": image}, [bpp])[("photo", bpp)]
+  return coded.data, np.asarray(jpeg.decode(coded))
 
 
 def zoo_demo(args):
