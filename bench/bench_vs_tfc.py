@@ -123,12 +123,15 @@ def transform_flops(layers, height, width, channels):
     if not isinstance(layer, tfc.SignalConv2D):
       continue
     kh, kw = layer.kernel_support
+    (uh, uw), (dh, dw) = (
+        (s, s) if isinstance(s, int) else tuple(s)
+        for s in (layer.strides_up, layer.strides_down))
     macs_per_sample = kh * kw * channels * layer.filters
-    if layer.strides_up > 1:  # Transposed: each input sample is spread over k x k.
+    if uh * uw > 1:  # Transposed: each input sample is spread over k x k.
       flops += 2 * height * width * macs_per_sample
-      height, width = height * layer.strides_up, width * layer.strides_up
+      height, width = height * uh, width * uw
     else:
-      height, width = -(-height // layer.strides_down), -(-width // layer.strides_down)
+      height, width = -(-height // dh), -(-width // dw)
       flops += 2 * height * width * macs_per_sample
     channels = layer.filters
     if isinstance(layer.activation, tfc.GDN):
