@@ -161,7 +161,8 @@ def run(out_dir="bench/results", sizes=SIZES, arch="hyperprior", whole_limit_mb=
           "model; peak RSS (VmHWM). Whole decodes whose extrapolated peak "
           f"exceeds {whole_limit_mb} MB are not run. Decode times are from a "
           f"loaded machine (load average {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} cores at the end): compare them within a row pair only")
+          f"{os.cpu_count()} cores at the end) and include tracing (the first decode "
+          "of a fresh process: one graph whole, two tiled): not a speed comparison")
   return common.write(out_dir, "decode_memory",
                       dict(arch=arch, tile=TILE, rows=rows),
                       f"## Decoder memory\n\n{note}.\n\n{table}")
