@@ -56,13 +56,18 @@ def _decode_memory(out):
   return bench_decode_memory.run(out)
 
 
+def _vs_tfc(out):
+  from bench import bench_vs_tfc
+  return bench_vs_tfc.run(out, limit=4)
+
+
 def _fuzz(out):
   from bench import fuzz_decoder
   return fuzz_decoder.run(out)
 
 
 BENCHMARKS = {"codec": _codec, "lpips": _lpips, "train": _train, "eval": _eval,
-              "decode_memory": _decode_memory, "fuzz": _fuzz,
+              "decode_memory": _decode_memory, "fuzz": _fuzz, "vs_tfc": _vs_tfc,
               "precision": _precision}
 
 

@@ -176,13 +176,13 @@ class Codec:
     return RateControlResult(best[1], best[0], best[2], target,
                              abs(best[2] - target) <= BPP_TOLERANCE * target)
 
-  def decode(self, data, max_pixels=container.DEFAULT_MAX_PIXELS):
+  def decode(self, data, max_pixels=container.DEFAULT_MAX_PIXELS, tile=None):
     """bytes -> uint8 [H, W, C]. Raises `container.BitstreamError`.
 
     `max_pixels`: refuse larger declared images (`ImageTooLargeError`); None
-    for no limit. Decoding takes ~1.8 kB of memory per pixel with a
-    192-filter hyperprior (README, "Decoder memory"): set the limit from the
-    memory a decode may have.
+    for no limit. `tile`: images above ~2 Mpixel are synthesised in tiles,
+    which bounds a decode's memory (README, "Decoder memory"); a tile side
+    in pixels (multiple of 16) forces tiles, 0 decodes whole.
     """
     stream = container.unpack(data, max_pixels)
     self.check_stream(stream)
@@ -203,7 +203,8 @@ class Codec:
     try:
       color = self.model.decompress_image(
           tf.constant([h.height, h.width], tf.int32),
-          *[tf.constant(s) for s in stream.strings], quality=quality).numpy()
+          *[tf.constant(s) for s in stream.strings], quality=quality,
+          **({} if tile is None else {"tile": tile})).numpy()
     except tf.errors.OpError as e:
       raise container.BitstreamError(
           f"Corrupt bitstream: range decoding failed ({e.message.splitlines()[0]})."

@@ -160,3 +160,41 @@ def test_varint_lengths_round_trip():
   strings = (b"", b"a" * 127, b"b" * 128, b"c" * 70000)
   stream = container.Bitstream(header, strings, zlib.compress(b"\x00" * 12))
   assert container.unpack(container.pack(stream)) == stream
+
+
+def test_tiled_decoding_gives_the_whole_decodes_pixels(tiny_models):
+  """Synthesis in tiles (what bounds a large image's memory) against the whole
+  transform, for every registered architecture, with tiles of 2 and 3
+  latents forced so that a small image has dozens of them. (Variable rate:
+  tests/test_variable_rate.py.)"""
+  from skimage import data
+  image = np.ascontiguousarray(data.astronaut()[:150, :230])  # 5 x 8 tiles of 32
+  for name in dpc_tf.available_models():
+    codec = dpc_tf.Codec(tiny_models[name])
+    data = codec.encode(image)
+    whole = codec.decode(data, tile=0)
+    for tile in (32, 48):
+      tiled = codec.decode(data, tile=tile)
+      assert tiled.shape == whole.shape, name
+      # Exactly, as a margin of 2 latents covers the transform's reach (within
+      # one level allows for float rounding of another convolution algorithm).
+      difference = np.abs(tiled.astype(int) - whole)
+      assert difference.max() <= 1, (name, tile)
+      assert np.mean(difference == 0) > 0.999, (name, tile)
+  # Large images are tiled by default: make this one large for the model.
+  model = tiny_models["hyperprior"]
+  codec = dpc_tf.Codec(model)
+  data = codec.encode(image[..., :1])  # Gray: the channel modes still apply.
+  calls = []
+  original = model._synthesize_tiled
+  model._synthesize_tiled = lambda *args: calls.append(args[-1]) or original(*args)
+  try:
+    model.tile_above_pixels = 150 * 230
+    assert codec.decode(data).shape == (150, 230, 1) and calls == [model.tile_size]
+    model.tile_above_pixels = 1 << 30
+    codec.decode(data)
+    assert calls == [model.tile_size]
+  finally:
+    del model._synthesize_tiled, model.tile_above_pixels
+  with pytest.raises(ValueError, match="multiple of 16"):
+    codec.decode(data, tile=40)

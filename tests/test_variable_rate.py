@@ -67,6 +67,8 @@ def test_rate_rises_with_quality_and_bitstream_records_it(model, image):
       outputs["image_shape"], *[outputs[n] for n in model.string_names],
       quality=2.25)
   np.testing.assert_array_equal(codec.decode(data), expected.numpy())
+  # Tiled (what large images get): the quality reaches the inverse gains too.
+  np.testing.assert_array_equal(codec.decode(data, tile=48), expected.numpy())
 
 
 def test_qualities_outside_the_range_are_clear_errors(model, image):

@@ -20,7 +20,7 @@ Before compressing, `update()` freezes the range-coding tables from the trained
 priors (CompressAI's `update()`); they are saved with the weights, because
 computing them again takes seconds.
 
-Subclasses implement `_forward`, `_compress_latents`, `_decompress` and
+Subclasses implement `_forward`, `_compress_latents`, `_decode_latents` and
 `_latents` (each takes the rate `level`, and applies `_gain_*`/`_ungain_*` to
 what it entropy-codes), `_layer_input_channels`, `_priors` and `get_config`,
 and name their entropy-coded strings in `string_names`.
@@ -58,6 +58,21 @@ class CompressionModel(tf.keras.Model):
   architecture = None  # The registry name, set by `register_model`.
   # Images are padded to a multiple of this (the coarsest latent's stride).
   stride = 16
+
+  # Decoding in tiles: the synthesis transform's activations (192 channels at
+  # half resolution: most of a decode's ~1.8 kB per pixel) grow with the
+  # image, the latents only 1/16 as fast in each direction. Above
+  # `tile_above_pixels` (padded), the latents are entropy-decoded whole and
+  # synthesised in tiles of `tile_size` pixels plus `synthesis_margin`
+  # latents on each side, then cropped and stitched. A pixel depends on
+  # latents within 1 + 1/2 + 1/4 + 1/8 < 2 of its own (four 5x5 stride-2
+  # transposed convolutions, each reaching 2 samples = 1 input each way), so
+  # a margin of 2 gives the whole decode's pixels exactly (tests/test_codec.py;
+  # a margin of 1 is off by up to 255 levels). The extra synthesis work is
+  # (1 + 4/32)^2 - 1 = 27% at 512-pixel tiles.
+  tile_size = 512
+  tile_above_pixels = 1 << 21  # 1080p (1920x1088 padded) decodes whole.
+  synthesis_margin = 2
 
   def __init__(self, num_scales=64, scale_min=0.11, scale_max=256.0,
                lmbdas=None, name=None, **kwargs):
@@ -460,6 +475,13 @@ class CompressionModel(tf.keras.Model):
       cache["analyze"] = tf.function(self.analyze_image, input_signature=[image])
       cache["compress_analyzed"] = tf.function(
           self.compress_analyzed, input_signature=[y, shape] + quality)
+      strings = [tf.TensorSpec([], tf.string)] * len(self.string_names)
+      cache["decode_latents"] = tf.function(
+          self._decode_latents_image, input_signature=[shape] + strings + quality)
+      cache["synthesize"] = tf.function(
+          lambda y_hat: self._to_image(self.synthesis_transform(y_hat),
+                                       tf.shape(y_hat)[1:3] * 16),
+          input_signature=[tf.TensorSpec([1, None, None, None], tf.float32)])
     return cache[name]
 
   @staticmethod
@@ -516,14 +538,27 @@ class CompressionModel(tf.keras.Model):
     return self.compress_analyzed(self.analyze_image(image),
                                   tf.shape(image)[:2], quality)
 
-  def decompress_image(self, image_shape, *strings, quality=None):
-    """(int32 [2] image shape, strings in `string_names` order) -> uint8 [H, W, 3]."""
+  def decompress_image(self, image_shape, *strings, quality=None, tile=None):
+    """(int32 [2] image shape, strings in `string_names` order) -> uint8 [H, W, 3].
+
+    `tile`: the side in pixels (a multiple of 16) of the tiles the synthesis
+    transform runs on, to bound memory (see `tile_size`); None decodes in
+    tiles of `tile_size` above `tile_above_pixels`, 0 never does. Tiles run
+    only when called eagerly (the SavedModel's graph decodes whole).
+    """
     self._require_frozen()
     if len(strings) != len(self.string_names):
       raise ValueError(f"{self.architecture} decodes {len(self.string_names)} "
                        f"strings ({', '.join(self.string_names)}), got {len(strings)}.")
     image_shape = tf.convert_to_tensor(image_shape, tf.int32)
     if self._use_traced():
+      tile = self._tile_for(image_shape.numpy(), tile)
+      if tile:
+        latents = self._traced("decode_latents")(
+            image_shape, *[tf.convert_to_tensor(s, tf.string) for s in strings],
+            *self._quality_inputs(quality))
+        return tf.convert_to_tensor(self._synthesize_tiled(
+            latents.numpy(), image_shape.numpy(), tile))
       return self._traced("decompress")(
           image_shape, *[tf.convert_to_tensor(s, tf.string) for s in strings],
           *self._quality_inputs(quality))["image"]
@@ -531,6 +566,51 @@ class CompressionModel(tf.keras.Model):
                              self._padded_shape(image_shape),
                              self._level(quality))
     return self._to_image(x_hat, image_shape)
+
+  def _tile_for(self, image_shape, tile):
+    """The tile side to decode an image of this shape with (0: whole)."""
+    if type(self)._decompress is not CompressionModel._decompress:
+      return 0  # A subclass with its own decoder: no latents to tile.
+    if tile is None:
+      padded = self._padded_shape(np.asarray(image_shape))
+      tile = self.tile_size if padded[0] * padded[1] > self.tile_above_pixels else 0
+    tile = int(tile)
+    if tile < 0 or tile % 16:
+      raise ValueError(f"tile must be a positive multiple of 16 pixels (or 0 "
+                       f"for no tiles), got {tile}.")
+    return tile
+
+  def _decode_latents_image(self, image_shape, *args):
+    """The traced half of a tiled decode: strings -> latents for the synthesis."""
+    n = len(self.string_names)
+    level = self._level(args[n] if args[n:] else None)
+    return self._decode_latents([tf.reshape(s, [1]) for s in args[:n]],
+                                self._padded_shape(image_shape), level)
+
+  def _synthesize_tiled(self, latents, image_shape, tile):
+    """Latents [1, h, w, C] -> uint8 [H, W, 3], synthesised tile by tile.
+
+    Each tile of `tile // 16` latents is synthesised with `synthesis_margin`
+    latents of its neighbours on each side (zeros past the image's edges, as
+    the whole transform pads), and the margin's pixels are cropped off.
+    """
+    height, width = (int(v) for v in image_shape)
+    step, margin = tile // 16, self.synthesis_margin
+    _, rows, cols, _ = latents.shape
+    synthesize = self._traced("synthesize")
+    image = np.empty((height, width, 3), np.uint8)
+    for i in range(0, rows, step):
+      for j in range(0, cols, step):
+        if 16 * i >= height or 16 * j >= width:
+          continue  # Only padding.
+        i0, j0 = max(0, i - margin), max(0, j - margin)
+        part = synthesize(latents[:, i0:min(rows, i + step + margin),
+                                  j0:min(cols, j + step + margin)]).numpy()
+        top, left = 16 * (i - i0), 16 * (j - j0)
+        h = min(16 * step, height - 16 * i)
+        w = min(16 * step, width - 16 * j)
+        image[16 * i:16 * i + h, 16 * j:16 * j + w] = part[top:top + h, left:left + w]
+    return image
 
   def min_string_bytes(self, image_shape):
     """The fewest bytes each string (`string_names` order) of an encoded
@@ -642,6 +722,12 @@ class CompressionModel(tf.keras.Model):
 
   def _decompress(self, strings, padded_shape, level):
     """List of [1] strings and int32 [2] padded size -> x_hat [1, H, W, 3]."""
+    return self.synthesis_transform(
+        self._decode_latents(strings, padded_shape, level))
+
+  def _decode_latents(self, strings, padded_shape, level):
+    """List of [1] strings and int32 [2] padded size -> what the synthesis
+    transform takes (the decoded latents, inverse gains applied)."""
     raise NotImplementedError
 
   def _latents(self, x, level):

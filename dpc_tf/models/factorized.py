@@ -53,9 +53,9 @@ class FactorizedCodec(CompressionModel):
   def _compress_latents(self, y, level):
     return [self.frozen_y.compress(self._gain_latents(y, level))]
 
-  def _decompress(self, strings, padded_shape, level):
+  def _decode_latents(self, strings, padded_shape, level):
     y_hat = self.frozen_y.decompress(strings[0], padded_shape // 16)
-    return self.synthesis_transform(self._ungain_latents(y_hat, level))
+    return self._ungain_latents(y_hat, level)
 
   def _string_symbols(self, padded_height, padded_width):
     return [("y", (padded_height // 16) * (padded_width // 16))]

@@ -101,11 +101,11 @@ class HyperpriorCodec(CompressionModel):
     return [self.frozen_z.compress(z),
             self.frozen_indexed.compress(y, indexes, loc=means)]
 
-  def _decompress(self, strings, padded_shape, level):
+  def _decode_latents(self, strings, padded_shape, level):
     z_hat = self.frozen_z.decompress(strings[0], padded_shape // self.stride)
     indexes, means = self._entropy_parameters(z_hat, padded_shape // 16, level)
     y_hat = self.frozen_indexed.decompress(strings[1], indexes, loc=means)
-    return self.synthesis_transform(self._ungain_latents(y_hat, level))
+    return self._ungain_latents(y_hat, level)
 
   def _string_symbols(self, padded_height, padded_width):
     z = (padded_height // self.stride) * (padded_width // self.stride)

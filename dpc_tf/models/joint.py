@@ -153,7 +153,7 @@ class ChannelwiseContextCodec(CompressionModel):
     self._slices(self.frozen_z.quantize(z), tf.shape(y)[1:3], level, code_slice)
     return strings
 
-  def _decompress(self, strings, padded_shape, level):
+  def _decode_latents(self, strings, padded_shape, level):
     z_hat = self.frozen_z.decompress(strings[0], padded_shape // self.stride)
 
     def code_slice(i, scale_indexes, means):
@@ -161,7 +161,7 @@ class ChannelwiseContextCodec(CompressionModel):
                                             loc=means)
 
     y_hat = self._slices(z_hat, padded_shape // 16, level, code_slice)
-    return self.synthesis_transform(self._ungain_latents(y_hat, level))
+    return self._ungain_latents(y_hat, level)
 
   def _string_symbols(self, padded_height, padded_width):
     z = (padded_height // self.stride) * (padded_width // self.stride)
