@@ -448,7 +448,8 @@ def init_weights(model, path):
     source = saving.load_model(path)
   except (OSError, ValueError) as e:
     raise TrainingError(f"--init_from {path}: {e}") from None
-  if source.architecture != model.architecture:
+  # By class: a model saved under an old name (registry.ALIASES) fits too.
+  if type(source) is not type(model):
     raise TrainingError(f"--init_from {path} is a {source.architecture!r} model; "
                         f"this run trains {model.architecture!r}.")
   weights = {v.name: v for v in source.trainable_variables}
@@ -553,9 +554,11 @@ class TrainConfig:
 
 
 def _check_config(config):
-  if config.arch not in registry.available_models():
+  try:
+    registry.model_class(config.arch)  # Old names too (a run resumed).
+  except ValueError:
     raise TrainingError(f"Unknown --arch {config.arch!r}; choose one of "
-                        f"{', '.join(registry.available_models())}.")
+                        f"{', '.join(registry.available_models())}.") from None
   if config.distortion not in perceptual.available_distortions():
     raise TrainingError(f"Unknown --distortion {config.distortion!r}; choose one "
                         f"of {', '.join(perceptual.available_distortions())}.")

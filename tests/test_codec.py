@@ -134,7 +134,7 @@ def test_valid_crc_over_garbage_strings_is_an_error_not_a_crash(codec, encoded):
 
 
 def test_decoding_in_another_process_is_bit_exact(saved_models, tmp_path):
-  codec = dpc_tf.load_codec(saved_models["joint"])
+  codec = dpc_tf.load_codec(saved_models["channelwise"])
   from skimage import data
   image = np.ascontiguousarray(data.chelsea()[:50, :70])
   stream = codec.encode(image)
@@ -147,7 +147,7 @@ def test_decoding_in_another_process_is_bit_exact(saved_models, tmp_path):
       "open(sys.argv[4], 'wb').write(codec.encode(np.load(sys.argv[5])))\n")
   np.save(tmp_path / "image.npy", image)
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  subprocess.run([sys.executable, "-c", script, str(saved_models["joint"]),
+  subprocess.run([sys.executable, "-c", script, str(saved_models["channelwise"]),
                   str(tmp_path / "in.dpc"), str(tmp_path / "out.npy"),
                   str(tmp_path / "again.dpc"), str(tmp_path / "image.npy")],
                  check=True, env=env, timeout=300)
