@@ -77,8 +77,8 @@ def _load_codec(model):
   from dpc_tf import files
   try:
     files.resolve_model(model)  # Before importing TensorFlow: fails fast.
-    from dpc_tf import codec
-    return codec.load_codec(model)
+    from dpc_tf import loading
+    return loading.load_codec(model)
   except (files.ModelFileError, OSError) as e:
     raise CommandError(str(e)) from None
 

@@ -160,3 +160,26 @@ def test_varint_lengths_round_trip():
   strings = (b"", b"a" * 127, b"b" * 128, b"c" * 70000)
   stream = container.Bitstream(header, strings, zlib.compress(b"\x00" * 12))
   assert container.unpack(container.pack(stream)) == stream
+
+
+def test_load_codec_sits_between_codec_and_serving():
+  """`load_codec` chooses between `Codec` and `serving.SavedModelCodec`, which
+  subclasses `Codec`: in its own module, so neither imports the other's user."""
+  import ast
+  import dpc_tf.loading
+
+  def imported(module):
+    with open(os.path.join(os.path.dirname(dpc_tf.__file__), f"{module}.py")) as f:
+      tree = ast.parse(f.read())
+    names = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and node.module == "dpc_tf":
+        names.update(alias.name for alias in node.names)
+      elif isinstance(node, ast.ImportFrom) and node.module:
+        names.add(node.module.split(".")[-1])
+    return names
+
+  assert not {"serving", "loading"} & imported("codec")
+  assert "loading" not in imported("serving")
+  assert {"codec", "serving"} <= imported("loading")
+  assert dpc_tf.load_codec is dpc_tf.loading.load_codec
