@@ -220,8 +220,8 @@ def _quality(image, decoded):
   a = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]
   b = decoded[..., :a.shape[-1]]
   psnr = metrics.psnr(a, b)
-  ms = metrics.msssim(a, b)
-  return f"PSNR {psnr:.2f} dB, MS-SSIM {ms:.4f} ({metrics.msssim_db(ms):.2f} dB)"
+  ms, ms_db = metrics.msssim_and_db(a, b)
+  return f"PSNR {psnr:.2f} dB, MS-SSIM {ms:.4f} ({ms_db:.2f} dB)"
 
 
 def _max_pixels(text):

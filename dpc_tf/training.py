@@ -312,9 +312,9 @@ class ValidationImages(tf.keras.callbacks.Callback):
                                quality=self.model.default_quality)
       x_hat = tf.clip_by_value(x_hat, 0.0, 1.0)
       decoded = tf.cast(tf.round(x_hat[0] * 255.0), tf.uint8).numpy()
-      msssim = float(perceptual.msssim(x, x_hat)[0])
-      values = dict(psnr=metrics.psnr(image, decoded), msssim=msssim,
-                    msssim_db=metrics.msssim_db(msssim),
+      msssim, msssim_db = perceptual.measure_msssim(x, x_hat)
+      values = dict(psnr=metrics.psnr(image, decoded), msssim=float(msssim[0]),
+                    msssim_db=float(msssim_db[0]),
                     bpp=float(bits[0]) / (image.shape[0] * image.shape[1]))
       if self.lpips is not None:
         values["lpips"] = float(self.lpips(x, x_hat)[0])
@@ -394,10 +394,10 @@ class LearningCurve(tf.keras.callbacks.Callback):
       x_hat, bits = self.model(x, training=False, quality=quality)
       x_hat = tf.clip_by_value(x_hat, 0.0, 1.0)
       decoded = tf.cast(tf.round(x_hat[0] * 255.0), tf.uint8).numpy()
-      msssim = float(perceptual.msssim(x, x_hat)[0])
+      msssim, msssim_db = perceptual.measure_msssim(x, x_hat)
       row = dict(bpp=float(bits[0]) / (image.shape[0] * image.shape[1]),
-                 psnr=metrics.psnr(image, decoded), msssim=msssim,
-                 msssim_db=metrics.msssim_db(msssim))
+                 psnr=metrics.psnr(image, decoded), msssim=float(msssim[0]),
+                 msssim_db=float(msssim_db[0]))
       if self.lpips is not None:
         row["lpips"] = float(self.lpips(x, x_hat)[0])
       values.append(row)
