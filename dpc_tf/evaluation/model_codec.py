@@ -14,10 +14,10 @@ import os
 import numpy as np
 
 from dpc_tf import files
-from dpc_tf.evaluation.codecs import Codec
+from dpc_tf.evaluation.codecs import EvalCodec
 
 
-class ModelCodec(Codec):
+class ModelCodec(EvalCodec):
   """A family of learned codecs, each setting a model path.
 
   Args:

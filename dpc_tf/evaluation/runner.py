@@ -184,7 +184,7 @@ def evaluate(images, codecs, out_dir, metrics=None, anchor=None, bd_method="akim
 
   Args:
     images: image file paths (read with Pillow, see `images.load_image`).
-    codecs: `Codec` instances (classical or `ModelCodec`), each with its sweep.
+    codecs: `EvalCodec` instances (classical or `ModelCodec`), each with its sweep.
     out_dir: output directory; created if needed, resumed if it has points.
     metrics: a `Metrics` (default: PSNR, MS-SSIM and LPIPS-alex).
     anchor: codec name for BD-rates, or None for none.
