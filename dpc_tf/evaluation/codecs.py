@@ -345,8 +345,8 @@ class Original(EvalCodec):
 
   def decode(self, data, setting):
     # The same reading as the evaluation's (EXIF orientation, gray to RGB).
-    from dpc_tf.evaluation.images import load_image
-    return load_image(io.BytesIO(data))[0]
+    from dpc_tf.images import read_image
+    return read_image(io.BytesIO(data), alpha="composite")
 
   def describe(self):
     return "the image files as given (their own format and size), not coded again"
