@@ -21,7 +21,7 @@ import numpy as np
 
 from bench import common
 
-DEFAULT_ARCHS = ("factorized", "hyperprior", "mean_scale_hyperprior", "joint")
+DEFAULT_ARCHS = ("factorized", "hyperprior", "mean_scale_hyperprior", "channelwise")
 
 
 def _cli_seconds(args):

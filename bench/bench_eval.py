@@ -55,10 +55,11 @@ def default_images():
 def run(out_dir, images=None, codec_names=None):
   """Times the evaluation of each codec on `images`; writes and returns results."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  from dpc_tf.evaluation import codecs, images as image_io, runner
+  from dpc_tf import images as image_io
+  from dpc_tf.evaluation import codecs, runner
   from dpc_tf.evaluation.metrics import Metrics
   images = list(images or default_images())
-  loaded = [image_io.load_image(path)[0] for path in images]
+  loaded = [image_io.read_image(path, alpha="composite") for path in images]
   metrics = Metrics()
   # Trace the metric graph for every image size before timing anything.
   for shape in {image.shape for image in loaded}:

@@ -84,7 +84,7 @@ def _photos(paths, count, min_side, seed):
   chosen = [paths[i] for i in rng.permutation(len(paths))]
   photos = []
   for path in chosen:
-    image = images.read_image(path)[..., :3]
+    image = images.read_image(path, alpha="drop")
     if min(image.shape[:2]) >= min_side:
       photos.append(image)
     if len(photos) == count:
@@ -104,7 +104,7 @@ def _data(data_root, patch_size, val_count, seed=0):
                  if p.lower().endswith((".png", ".jpg", ".jpeg")))
   kodak = sorted(glob.glob(os.path.join(data_root, "kodak", "*.png")))
   if paths and kodak:
-    val = [(os.path.basename(p), images.read_image(p)[..., :3])
+    val = [(os.path.basename(p), images.read_image(p, alpha="drop"))
            for p in kodak[:val_count]]
     return (_photos(paths, 64, patch_size, seed),
             f"64 photos of {data_root}/train", val)

@@ -29,7 +29,7 @@ _EXPORTS = {
     "create_model": ("dpc_tf.models", "create_model"),
     "register_model": ("dpc_tf.models", "register_model"),
     "Codec": ("dpc_tf.codec", "Codec"),
-    "load_codec": ("dpc_tf.codec", "load_codec"),
+    "load_codec": ("dpc_tf.loading", "load_codec"),
     "BitstreamError": ("dpc_tf.container", "BitstreamError"),
     "ModelMismatchError": ("dpc_tf.container", "ModelMismatchError"),
     "QualityError": ("dpc_tf.container", "QualityError"),
@@ -48,7 +48,8 @@ _EXPORTS = {
 
 # Submodules reachable as attributes (`dpc_tf.serving`), imported on first use.
 _SUBMODULES = ("codec", "container", "data", "evaluation", "files", "images",
-               "layers", "metrics", "models", "saving", "serving", "training")
+               "layers", "loading", "metrics", "models", "saving", "serving",
+               "training")
 
 __all__ = sorted(set(_EXPORTS) | set(_SUBMODULES))
 

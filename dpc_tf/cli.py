@@ -77,8 +77,8 @@ def _load_codec(model):
   from dpc_tf import files
   try:
     files.resolve_model(model)  # Before importing TensorFlow: fails fast.
-    from dpc_tf import codec
-    return codec.load_codec(model)
+    from dpc_tf import loading
+    return loading.load_codec(model)
   except (files.ModelFileError, OSError) as e:
     raise CommandError(str(e)) from None
 
@@ -220,8 +220,8 @@ def _quality(image, decoded):
   a = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]
   b = decoded[..., :a.shape[-1]]
   psnr = metrics.psnr(a, b)
-  ms = metrics.msssim(a, b)
-  return f"PSNR {psnr:.2f} dB, MS-SSIM {ms:.4f} ({metrics.msssim_db(ms):.2f} dB)"
+  ms, ms_db = metrics.msssim_and_db(a, b)
+  return f"PSNR {psnr:.2f} dB, MS-SSIM {ms:.4f} ({ms_db:.2f} dB)"
 
 
 def _max_pixels(text):

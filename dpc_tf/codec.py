@@ -18,6 +18,9 @@ Pillow's bomb limit) and strings too short for the declared size, but a
 crafted string can still hang tfc's range decoder forever (see
 `dpc_tf.isolation`); `load_codec(path, isolate=True)` decodes in a worker
 process with a time budget instead.
+
+`dpc_tf.load_codec` (in `dpc_tf.loading`) opens any model path: a model
+directory as this `Codec`, an exported SavedModel as `serving.SavedModelCodec`.
 """
 
 import dataclasses
@@ -26,7 +29,7 @@ import zlib
 
 import numpy as np
 
-from dpc_tf import container, files, images, saving
+from dpc_tf import container, images, saving
 from dpc_tf.container import QualityError
 
 # Rate control stops within this relative distance of the target bpp.
@@ -264,23 +267,3 @@ class Codec:
           f"The bitstream was made by model {header.model_id}, but the loaded "
           f"model is {self.model_id}. Decode it with the model that encoded it "
           "(`dpc info FILE` shows which).")
-
-
-def load_codec(path, isolate=False):
-  """A `Codec` for a model path: a model directory saved by `dpc_tf.save_model`,
-  a dpc-train run directory (its `model/`), `zoo:NAME`, or a SavedModel
-  exported by `dpc-export` (`<base>/<name>/<version>`, or `<base>/<name>` for
-  its highest version). See `dpc_tf.files.resolve_model`.
-
-  `isolate=True`: `decode` runs in a worker process with a time budget
-  (`dpc_tf.isolation.DecoderProcess`), for bitstreams from untrusted sources.
-  """
-  kind, resolved = files.resolve_model(path)
-  if kind == "saved_model":
-    from dpc_tf import serving  # pylint: disable=import-outside-toplevel
-    codec = serving.SavedModelCodec.load(resolved)
-  else:
-    codec = Codec.load(resolved)
-  codec.model_path = os.fspath(path)
-  codec.isolate = isolate
-  return codec

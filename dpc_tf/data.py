@@ -424,19 +424,11 @@ def read_validation_images(patterns, max_images=None):
     if max_images is not None and len(images) >= max_images:
       break
     try:
-      image = image_io.read_image(path)
+      # Alpha dropped, as `decode_image_file` does to training images.
+      images.append(image_io.read_image(path, alpha="drop"))
     except image_io.ImageError as e:
       skipped.append((path, str(e)))
-      continue
-    images.append(to_rgb(image))
   return images, skipped
-
-
-def to_rgb(image):
-  """uint8 [H, W, C] numpy with C in 1-4 -> [H, W, 3] (alpha dropped)."""
-  if image.shape[-1] in (1, 2):
-    return np.repeat(image[..., :1], 3, axis=-1)
-  return image[..., :3]
 
 
 def validation_crops(images, patch_size):

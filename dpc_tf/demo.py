@@ -81,12 +81,11 @@ def zoo_demo(args):
   lpips = perceptual.LPIPS("alex")
 
   def measure(original, result, num_bytes):
-    x = np.asarray(original, np.float32)[None] / 255
-    y = np.asarray(result, np.float32)[None] / 255
-    ms = metrics.msssim(original, result)
+    x, y = metrics.unit_batch(original), metrics.unit_batch(result)
+    ms, ms_db = metrics.msssim_and_db(original, result)
     return (f"{metrics.bpp(num_bytes, original):.3f} bpp, PSNR "
             f"{metrics.psnr(original, result):5.2f} dB, MS-SSIM {ms:.4f} "
-            f"({metrics.msssim_db(ms):5.2f} dB), LPIPS {float(lpips(x, y)[0]):.3f}")
+            f"({ms_db:5.2f} dB), LPIPS {float(lpips(x, y)[0]):.3f}")
 
   print(f"\nPhotos held out from training, coded at about {args.bpp} bpp "
         "(LPIPS: lower is better):")
@@ -152,12 +151,12 @@ def main(argv=None):
   result = images.read_image(decoded)
   gray = np.full_like(original, int(original.mean()))
   bpp = metrics.bpp(os.path.getsize(coded), original)
-  ms = metrics.msssim(original, result)
+  ms, ms_db = metrics.msssim_and_db(original, result)
   print(f"\n{TEST_PHOTO} ({original.shape[1]}x{original.shape[0]}), held out "
         "from training, coded with the exported SavedModel:")
   print(f"  dpc hyperprior: {bpp:.3f} bpp (of 24 uncompressed), "
         f"PSNR {metrics.psnr(original, result):.2f} dB, MS-SSIM {ms:.4f} "
-        f"({metrics.msssim_db(ms):.2f} dB), LPIPS {metrics.lpips(original, result):.4f}")
+        f"({ms_db:.2f} dB), LPIPS {metrics.lpips(original, result):.4f}")
   print(f"  flat gray image: PSNR {metrics.psnr(original, gray):.2f} dB, "
         f"MS-SSIM {metrics.msssim(original, gray):.4f}, "
         f"LPIPS {metrics.lpips(original, gray):.4f}")

@@ -1,4 +1,10 @@
-"""Reading and writing 8-bit images, with clear errors for what we can't code."""
+"""Reading and writing 8-bit images, with clear errors for what we can't code.
+
+`read_image` is the one reader of image files; its `alpha` argument says what
+becomes of transparency, because callers differ: `dpc compress` codes what
+the file holds (alpha losslessly), while the codecs `dpc eval` and studies
+compare code three colour channels only.
+"""
 
 import numpy as np
 
@@ -15,13 +21,31 @@ class ImageError(ValueError):
   """An image file cannot be read or is of a kind the codec does not take."""
 
 
-def read_image(path):
-  """Reads an image file as uint8 [H, W, C], C in 1 (gray), 2, 3 (RGB), 4.
+ALPHA_POLICIES = ("keep", "composite", "drop")
+
+
+def read_image(path, alpha="keep", notes=None):
+  """Reads an image file (a path or a binary file object) as uint8 [H, W, C].
 
   Palette and CMYK images are converted to RGB(A); the EXIF orientation is
-  applied. 16-bit and floating-point images raise `ImageError`, since the
-  codecs are 8-bit.
+  applied. 16-bit and floating-point images raise `ImageError` naming the
+  file, since the codecs are 8-bit.
+
+  Args:
+    alpha: the policy for transparency and gray:
+      "keep": the file's channels, C in 1 (gray), 2 (gray + alpha), 3 (RGB)
+        or 4 (RGBA): what `dpc_tf.Codec` codes (alpha losslessly).
+      "composite": RGB, C = 3, for codecs that code colour only (`dpc eval`,
+        studies): gray becomes three equal channels, a fully opaque alpha is
+        dropped, and real transparency is composited over white (transparent
+        pixels can hold anything).
+      "drop": RGB, C = 3, alpha discarded as it is: what the training
+        pipeline's `tf.io.decode_image(channels=3)` does to training images.
+    notes: a list; with "composite", a sentence naming the file is appended
+      when transparency was composited.
   """
+  if alpha not in ALPHA_POLICIES:
+    raise ValueError(f"alpha must be one of {ALPHA_POLICIES}, got {alpha!r}.")
   from PIL import Image, ImageOps, UnidentifiedImageError
   try:
     with Image.open(path) as im:
@@ -52,7 +76,21 @@ def read_image(path):
     raise ImageError(f"{path}: not a readable image ({e}).") from None
   if array.ndim == 2:
     array = array[..., None]
-  return check_image(array, str(path))
+  image = check_image(array, str(path))
+  if alpha == "keep":
+    return image
+  if image.shape[-1] in (2, 4):
+    color, opacity = image[..., :-1], image[..., -1:]
+    if alpha == "composite" and opacity.min() < 255:
+      # Over white: color * a + 255 * (1 - a), rounded.
+      weight = opacity.astype(np.float64) / 255.0
+      color = np.round(color * weight + 255.0 * (1.0 - weight)).astype(np.uint8)
+      if notes is not None:
+        notes.append(f"{path}: has transparent pixels; composited over white.")
+    image = color
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  return np.ascontiguousarray(image)
 
 
 def _describe(mode):

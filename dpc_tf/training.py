@@ -312,9 +312,9 @@ class ValidationImages(tf.keras.callbacks.Callback):
                                quality=self.model.default_quality)
       x_hat = tf.clip_by_value(x_hat, 0.0, 1.0)
       decoded = tf.cast(tf.round(x_hat[0] * 255.0), tf.uint8).numpy()
-      msssim = float(perceptual.msssim(x, x_hat)[0])
-      values = dict(psnr=metrics.psnr(image, decoded), msssim=msssim,
-                    msssim_db=metrics.msssim_db(msssim),
+      msssim, msssim_db = perceptual.measure_msssim(x, x_hat)
+      values = dict(psnr=metrics.psnr(image, decoded), msssim=float(msssim[0]),
+                    msssim_db=float(msssim_db[0]),
                     bpp=float(bits[0]) / (image.shape[0] * image.shape[1]))
       if self.lpips is not None:
         values["lpips"] = float(self.lpips(x, x_hat)[0])
@@ -394,10 +394,10 @@ class LearningCurve(tf.keras.callbacks.Callback):
       x_hat, bits = self.model(x, training=False, quality=quality)
       x_hat = tf.clip_by_value(x_hat, 0.0, 1.0)
       decoded = tf.cast(tf.round(x_hat[0] * 255.0), tf.uint8).numpy()
-      msssim = float(perceptual.msssim(x, x_hat)[0])
+      msssim, msssim_db = perceptual.measure_msssim(x, x_hat)
       row = dict(bpp=float(bits[0]) / (image.shape[0] * image.shape[1]),
-                 psnr=metrics.psnr(image, decoded), msssim=msssim,
-                 msssim_db=metrics.msssim_db(msssim))
+                 psnr=metrics.psnr(image, decoded), msssim=float(msssim[0]),
+                 msssim_db=float(msssim_db[0]))
       if self.lpips is not None:
         row["lpips"] = float(self.lpips(x, x_hat)[0])
       values.append(row)
@@ -448,7 +448,8 @@ def init_weights(model, path):
     source = saving.load_model(path)
   except (OSError, ValueError) as e:
     raise TrainingError(f"--init_from {path}: {e}") from None
-  if source.architecture != model.architecture:
+  # By class: a model saved under an old name (registry.ALIASES) fits too.
+  if type(source) is not type(model):
     raise TrainingError(f"--init_from {path} is a {source.architecture!r} model; "
                         f"this run trains {model.architecture!r}.")
   weights = {v.name: v for v in source.trainable_variables}
@@ -553,9 +554,11 @@ class TrainConfig:
 
 
 def _check_config(config):
-  if config.arch not in registry.available_models():
+  try:
+    registry.model_class(config.arch)  # Old names too (a run resumed).
+  except ValueError:
     raise TrainingError(f"Unknown --arch {config.arch!r}; choose one of "
-                        f"{', '.join(registry.available_models())}.")
+                        f"{', '.join(registry.available_models())}.") from None
   if config.distortion not in perceptual.available_distortions():
     raise TrainingError(f"Unknown --distortion {config.distortion!r}; choose one "
                         f"of {', '.join(perceptual.available_distortions())}.")

@@ -2,7 +2,8 @@
 
 Images are NHWC float tensors with values in [0, 1].
 
-Metrics: `msssim`, `LPIPS` (Keras layer) and `lpips` (functional).
+Metrics: `msssim`, `LPIPS` (Keras layer) and `lpips` (functional);
+`measure_msssim` is `msssim` as a traced graph, for reporting.
 Distortions (per-image Keras losses, also by name with `get_distortion`):
 `MSE` ("mse"), `MSSSIM` ("msssim", 1 - MS-SSIM), `LPIPSLoss` ("lpips") and
 `DPCLoss` ("dpc", α·LPIPS + (1 − α)·(1 − MS-SSIM)). LPIPS-alex and -vgg take
@@ -36,6 +37,7 @@ _EXPORTS = {
     "lpips": ("perceptual.lpips", "lpips"),
     "msssim": ("perceptual.msssim", "msssim"),
     "msssim_db": ("perceptual.msssim", "msssim_db"),
+    "measure_msssim": ("perceptual.msssim", "measure_msssim"),
     "available_trunks": ("perceptual.trunks", "available_trunks"),
 }
 

@@ -92,3 +92,17 @@ def msssim_db(value):
   """MS-SSIM on the decibel scale the field reports: -10 log10(1 - MS-SSIM)."""
   value = tf.convert_to_tensor(value, tf.float32)
   return -10.0 * tf.math.log(tf.maximum(1.0 - value, 1e-10)) / tf.math.log(10.0)
+
+
+@tf.function
+def measure_msssim(x, y):
+  """(MS-SSIM, MS-SSIM dB) per image of two NHWC batches in [0, 1], to report.
+
+  `msssim` and `msssim_db` as one graph, traced once per image size and
+  shared by every caller (`dpc eval`, `dpc compress`, the training logs):
+  several times faster than eager MS-SSIM, and the same numbers wherever they
+  are reported (a graph and eager ops can differ in the last bits). A loss
+  calls `msssim` itself, inside the training step.
+  """
+  value = msssim(x, y)
+  return value, msssim_db(value)

@@ -13,9 +13,12 @@ TINY_HPARAMS = {
     "factorized": dict(num_filters=8),
     "hyperprior": dict(num_filters=8),
     "mean_scale_hyperprior": dict(num_filters=8),
-    "joint": dict(num_filters=8, latent_depth=8, hyperprior_depth=8,
-                  num_slices=2, max_support_slices=1),
+    "channelwise": dict(num_filters=8, latent_depth=8, hyperprior_depth=8,
+                        num_slices=2, max_support_slices=1),
 }
+# A fixed seed per architecture: the same weights in every run.
+TINY_SEEDS = {"factorized": 1, "hyperprior": 2, "channelwise": 3,
+              "mean_scale_hyperprior": 4}
 
 
 # Magnitudes of a trained model (see `give_trained_magnitudes`).
@@ -55,7 +58,7 @@ def give_trained_magnitudes(model):
   shift(last.bias_parameter, 0.5)
   if hasattr(model, "hyper_analysis_transform"):
     scale(model.hyper_analysis_transform._stack[-1].trainable_variables, HYPER_GAIN)
-  if hasattr(model, "scale_transforms"):      # joint: one per slice
+  if hasattr(model, "scale_transforms"):      # channelwise: one per slice
     for transform in model.scale_transforms:
       shift(transform._stack[-1].bias_parameter, SCALE_INDEX)
   elif hasattr(model, "hyper_synthesis_transform"):
@@ -77,7 +80,7 @@ def tiny_models():
 
   class Models(dict):
     def __missing__(self, name):
-      tf.keras.utils.set_random_seed(sorted(TINY_HPARAMS).index(name) + 1)
+      tf.keras.utils.set_random_seed(TINY_SEEDS[name])
       model = dpc_tf.create_model(name, **TINY_HPARAMS[name])
       give_trained_magnitudes(model).update()
       self[name] = model

@@ -108,7 +108,7 @@ def test_usage_errors(pngs, tmp_path, capsys, monkeypatch):
 def test_models_lists_architectures(capsys):
   assert cli.main(["models"]) == 0
   out = capsys.readouterr().out
-  for name in ["factorized", "hyperprior", "mean_scale_hyperprior", "joint"]:
+  for name in ["factorized", "hyperprior", "mean_scale_hyperprior", "channelwise"]:
     assert name in out
 
 

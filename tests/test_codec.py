@@ -134,7 +134,7 @@ def test_valid_crc_over_garbage_strings_is_an_error_not_a_crash(codec, encoded):
 
 
 def test_decoding_in_another_process_is_bit_exact(saved_models, tmp_path):
-  codec = dpc_tf.load_codec(saved_models["joint"])
+  codec = dpc_tf.load_codec(saved_models["channelwise"])
   from skimage import data
   image = np.ascontiguousarray(data.chelsea()[:50, :70])
   stream = codec.encode(image)
@@ -147,7 +147,7 @@ def test_decoding_in_another_process_is_bit_exact(saved_models, tmp_path):
       "open(sys.argv[4], 'wb').write(codec.encode(np.load(sys.argv[5])))\n")
   np.save(tmp_path / "image.npy", image)
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  subprocess.run([sys.executable, "-c", script, str(saved_models["joint"]),
+  subprocess.run([sys.executable, "-c", script, str(saved_models["channelwise"]),
                   str(tmp_path / "in.dpc"), str(tmp_path / "out.npy"),
                   str(tmp_path / "again.dpc"), str(tmp_path / "image.npy")],
                  check=True, env=env, timeout=300)
@@ -198,3 +198,26 @@ def test_tiled_decoding_gives_the_whole_decodes_pixels(tiny_models):
     del model._synthesize_tiled, model.tile_above_pixels
   with pytest.raises(ValueError, match="multiple of 16"):
     codec.decode(data, tile=40)
+
+
+def test_load_codec_sits_between_codec_and_serving():
+  """`load_codec` chooses between `Codec` and `serving.SavedModelCodec`, which
+  subclasses `Codec`: in its own module, so neither imports the other's user."""
+  import ast
+  import dpc_tf.loading
+
+  def imported(module):
+    with open(os.path.join(os.path.dirname(dpc_tf.__file__), f"{module}.py")) as f:
+      tree = ast.parse(f.read())
+    names = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and node.module == "dpc_tf":
+        names.update(alias.name for alias in node.names)
+      elif isinstance(node, ast.ImportFrom) and node.module:
+        names.add(node.module.split(".")[-1])
+    return names
+
+  assert not {"serving", "loading"} & imported("codec")
+  assert "loading" not in imported("serving")
+  assert {"codec", "serving"} <= imported("loading")
+  assert dpc_tf.load_codec is dpc_tf.loading.load_codec

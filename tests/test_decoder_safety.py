@@ -97,7 +97,7 @@ def test_string_bound_holds_for_real_streams_of_every_architecture(tiny_models):
   """The lower bound never refuses what the encoder writes: a flat image
   (the cheapest content) at several sizes, and a noisy one."""
   rng = np.random.default_rng(0)
-  for name in ("factorized", "hyperprior", "joint"):
+  for name in ("factorized", "hyperprior", "channelwise"):
     model = tiny_models[name]
     codec = dpc_tf.Codec(model)
     for image in (np.full((128, 192, 3), 128, np.uint8),

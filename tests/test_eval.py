@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpc_tf.evaluation import bdrate, cli, codecs, images, runner
+from dpc_tf import images
+from dpc_tf.evaluation import bdrate, cli, codecs, runner
 from dpc_tf.evaluation.metrics import Metrics, psnr
 from dpc_tf.evaluation.model_codec import ModelCodec
 
@@ -276,22 +277,24 @@ def test_image_modes(tmp_path):
   rgb = skimage_data.astronaut()[:32, :40]
   gray_path = str(tmp_path / "gray.png")
   Image.fromarray(rgb[..., 0]).save(gray_path)
-  gray, note = images.load_image(gray_path)
-  assert gray.shape == (32, 40, 3) and note is None
+  notes = []
+  gray = images.read_image(gray_path, alpha="composite", notes=notes)
+  assert gray.shape == (32, 40, 3) and not notes
   np.testing.assert_array_equal(gray[..., 1], rgb[..., 0])
   opaque_path = str(tmp_path / "opaque.png")
   Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])).save(opaque_path)
-  opaque, note = images.load_image(opaque_path)
+  opaque = images.read_image(opaque_path, alpha="composite", notes=notes)
   np.testing.assert_array_equal(opaque, rgb)
-  assert note is None
+  assert not notes
   clear_path = str(tmp_path / "clear.png")
   Image.fromarray(np.dstack([rgb, np.zeros(rgb.shape[:2], np.uint8)])).save(clear_path)
-  clear, note = images.load_image(clear_path)
-  assert (clear == 255).all() and "composited over white" in note
+  clear = images.read_image(clear_path, alpha="composite", notes=notes)
+  assert (clear == 255).all() and len(notes) == 1
+  assert clear_path in notes[0] and "composited over white" in notes[0]
   deep_path = str(tmp_path / "deep.png")
   Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(deep_path)
   with pytest.raises(images.ImageError, match="16-bit"):
-    images.load_image(deep_path)
+    images.read_image(deep_path, alpha="composite")
 
 
 @pytest.mark.parametrize("name", codecs.DEFAULT_CODECS + ("avif444",))
@@ -378,7 +381,7 @@ def test_lpips_is_measured_when_weights_are_given(photos, tmp_path):
   assert "lpips" in summary["bd_rate"]
   assert os.path.exists(os.path.join(out, "rd_lpips.svg"))
   # A lossless round trip has distance 0.
-  image = images.load_image(paths[0])[0]
+  image = images.read_image(paths[0], alpha="composite")
   metrics = Metrics(lpips_weights=weights)
   assert metrics(image, image)["lpips"] == pytest.approx(0.0, abs=1e-6)
 
@@ -407,7 +410,7 @@ def test_end_to_end_with_an_untrained_model(photos, untrained_model_dir, tmp_pat
   assert {r["setting"] for r in model_rows} == {os.path.normpath(untrained_model_dir)}
   codec = dpc_tf.load_codec(untrained_model_dir)
   for row in model_rows:
-    image = images.load_image(row["image"])[0]
+    image = images.read_image(row["image"], alpha="composite")
     data = codec.encode(image)  # deterministic, so the same bytes as in the run
     assert int(row["num_bytes"]) == len(data)
     assert float(row["bpp"]) == pytest.approx(8 * len(data) / (48 * 64), rel=1e-12)

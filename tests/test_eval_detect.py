@@ -281,7 +281,7 @@ def test_quantized_ssd_with_the_postprocessing_op(scenes):
     assert (found.scores > 0.3).all()
 
 
-class _Shift(codecs.Codec):
+class _Shift(codecs.EvalCodec):
   """Stores the image as PNG, moved right by `setting` pixels: a codec whose
   effect on the boxes is known."""
 

@@ -25,6 +25,30 @@ def test_palette_keeps_transparency(tmp_path):
   assert images.read_image(tmp_path / "q.png").shape == (4, 4, 3)
 
 
+def test_alpha_policy_is_explicit(tmp_path):
+  rgba = np.zeros((2, 3, 4), np.uint8)
+  rgba[..., :3] = 100
+  rgba[..., 3] = [[255, 255, 255], [255, 0, 51]]
+  Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+  Image.fromarray(rgba[..., [0, 3]], "LA").save(tmp_path / "la.png")
+  Image.fromarray(rgba[..., 0], "L").save(tmp_path / "l.png")
+  path = str(tmp_path / "a.png")
+  np.testing.assert_array_equal(images.read_image(path), rgba)  # "keep"
+  np.testing.assert_array_equal(images.read_image(path, alpha="drop"), rgba[..., :3])
+  notes = []
+  composited = images.read_image(path, alpha="composite", notes=notes)
+  # Over white: 100 * a + 255 * (1 - a), rounded.
+  np.testing.assert_array_equal(composited[1, :, 0], [100, 255, 224])
+  np.testing.assert_array_equal(composited[0], rgba[0, :, :3])
+  assert notes == [f"{path}: has transparent pixels; composited over white."]
+  for name in ("la.png", "l.png"):
+    for alpha in ("composite", "drop"):
+      assert images.read_image(tmp_path / name, alpha=alpha).shape == (2, 3, 3)
+  assert images.read_image(tmp_path / "la.png").shape == (2, 3, 2)
+  with pytest.raises(ValueError, match="alpha must be one of"):
+    images.read_image(path, alpha="white")
+
+
 @pytest.mark.parametrize("mode, match", [("I;16", "16-bit"), ("F", "floating")])
 def test_deep_images_are_refused(tmp_path, mode, match):
   path = tmp_path / "deep.tif"

@@ -132,7 +132,7 @@ def test_encoding_is_deterministic(tiny_models, photo, arch):
   assert codec.encode(photo) == codec.encode(photo.copy())
 
 
-@pytest.mark.parametrize("arch", ["hyperprior", "joint"])
+@pytest.mark.parametrize("arch", ["hyperprior", "channelwise"])
 def test_graph_functions_match_eager_methods(tiny_models, photo, arch):
   """Exported graphs and the eager codec must be interchangeable, bit for bit."""
   model = tiny_models[arch]
@@ -226,6 +226,6 @@ def test_evaluation_reports_the_distortion_and_the_loss_it_makes():
     model.compile(optimizer="adam", quantization_proxy="round")
 
 
-def test_joint_rejects_slices_that_do_not_divide_latents():
+def test_channelwise_rejects_slices_that_do_not_divide_latents():
   with pytest.raises(ValueError, match="num_slices"):
-    dpc_tf.create_model("joint", latent_depth=10, num_slices=3)
+    dpc_tf.create_model("channelwise", latent_depth=10, num_slices=3)

@@ -188,3 +188,31 @@ def test_distortions_reject_uint8_images(name):
   x_uint8 = (x * 255).astype(np.uint8)
   with pytest.raises(ValueError, match="divide uint8 images by 255"):
     perceptual.get_distortion(name)(x_uint8, x_uint8)
+
+
+def test_reported_msssim_is_one_traced_function_with_the_numbers_of_dpc_eval():
+  """`dpc eval`, `dpc compress` and the training logs report MS-SSIM through
+  `perceptual.measure_msssim`: traced once per image size, and exactly the
+  numbers `dpc eval` computed before it was shared."""
+  from dpc_tf import metrics
+  from dpc_tf.evaluation.metrics import Metrics
+  x, y = photo_pair((70, 90), noise=0.08)
+  a = np.round(x[0] * 255).astype(np.uint8)
+  b = np.round(y[0] * 255).astype(np.uint8)
+
+  @tf.function
+  def before(x, y):  # dpc_tf.evaluation.metrics' own graph until it was shared.
+    value = perceptual.msssim(x, y)
+    return value, perceptual.msssim_db(value)
+
+  value, db = (float(v[0]) for v in before(metrics.unit_batch(a), metrics.unit_batch(b)))
+  traces = perceptual.measure_msssim.experimental_get_tracing_count()
+  assert metrics.msssim_and_db(a, b) == (value, db)
+  assert metrics.msssim(a, b) == value
+  measured = Metrics(lpips=False)(a, b)
+  assert (measured["msssim"], measured["msssim_db"]) == (value, db)
+  assert perceptual.measure_msssim.experimental_get_tracing_count() <= traces + 1
+  # Eager ops give the same value but for the last bits.
+  np.testing.assert_allclose(perceptual.msssim(metrics.unit_batch(a),
+                                               metrics.unit_batch(b))[0],
+                             value, rtol=1e-5)

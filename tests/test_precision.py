@@ -79,7 +79,7 @@ def test_set_training_precision_needs_transforms():
 # -- Models ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["mean_scale_hyperprior", "joint"])
+@pytest.mark.parametrize("arch", ["mean_scale_hyperprior", "channelwise"])
 def test_only_the_transforms_compute_in_bfloat16(arch):
   from conftest import TINY_HPARAMS
   model = dpc_tf.create_model(arch, **TINY_HPARAMS[arch])

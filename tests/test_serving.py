@@ -77,3 +77,21 @@ def test_export_rejects_bad_names_and_versions(tmp_path):
     serving.export(None, str(tmp_path), "a/b")
   with pytest.raises(ValueError, match="integers >= 0"):
     serving.export(None, str(tmp_path), "m", version=-1)
+
+
+def test_exported_and_eager_graphs_take_the_one_set_of_input_specs(tiny_models):
+  model = tiny_models["hyperprior"]
+  spec = model.input_specs()
+  functions = model.tf_functions()  # What serving.export saves.
+  assert functions["compress"].input_signature == (spec["image"],)
+  assert functions["decompress"].input_signature == (spec["image_shape"],
+                                                     *spec["strings"])
+  assert functions["latents"].input_signature == (spec["image"],)
+  assert functions["from_latents"].input_signature == (spec["latents"],
+                                                       spec["image_shape"])
+  # The graphs eager calls run.
+  traced = model._traced  # pylint: disable=protected-access
+  assert traced("analyze").input_signature == (spec["image"],)
+  assert traced("compress_analyzed").input_signature == (spec["analyzed"],
+                                                         spec["image_shape"])
+  assert [s.name for s in spec["strings"]] == list(model.string_names)

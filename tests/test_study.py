@@ -56,9 +56,10 @@ def _fresh_db(made, tmp_path, raters=2):
 
 
 def test_every_stimulus_is_the_best_setting_under_its_target(made):
-  from dpc_tf.evaluation.images import load_image
+  from dpc_tf.images import read_image
   manifest = made["manifest"]
-  images = {os.path.splitext(os.path.basename(p))[0]: load_image(p)[0] for p in made["paths"]}
+  images = {os.path.splitext(os.path.basename(p))[0]: read_image(p, alpha="composite")
+            for p in made["paths"]}
   jpeg = classical.get_codec("jpeg420")
   for s in manifest["stimuli"]:
     assert s["role"] == "sentinel" or s["bpp"] <= s["target_bpp"]
@@ -194,8 +195,8 @@ def test_learned_codec_with_rate_control_is_asked_for_the_target(made, tmp_path)
 
 
 def _load(path):
-  from dpc_tf.evaluation.images import load_image
-  return load_image(path)[0]
+  from dpc_tf.images import read_image
+  return read_image(path, alpha="composite")
 
 
 @pytest.mark.slow

@@ -188,7 +188,7 @@ def test_saved_and_exported_variable_rate_models_decode_each_other(
     served.encode(image, quality=7.0)
 
 
-@pytest.mark.parametrize("arch", ["hyperprior", "mean_scale_hyperprior", "joint"])
+@pytest.mark.parametrize("arch", ["hyperprior", "mean_scale_hyperprior", "channelwise"])
 def test_decoder_undoes_the_gains_at_every_quality(arch):
   """Each quality decodes to the synthesis of the unquantised latents.
 

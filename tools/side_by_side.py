@@ -78,7 +78,6 @@ def main(argv=None):
 
   import dpc_tf
   from dpc_tf.evaluation import codecs as classical
-  from dpc_tf.evaluation.images import load_image
   from dpc_tf.evaluation.metrics import Metrics
   from dpc_tf.study.codecs import ClassicalStudyCodec, bpp_of
 
@@ -101,7 +100,7 @@ def main(argv=None):
   specs = [parse_image(s) for s in args.images.split(";") if s]
   for name, corner in tqdm(specs, desc="side by side", unit="image"):
     path = os.path.join(args.kodak, name)
-    image, _ = load_image(path)
+    image = dpc_tf.read_image(path, alpha="composite")
     data = codec.encode(image, **({"quality": quality} if quality is not None else {}))
     target = bpp_of(data, image)
     results = [("original", image, None), (learned_name, codec.decode(data), target)]

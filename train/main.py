@@ -30,14 +30,14 @@ FLAGS = flags.FLAGS
 # -- Model
 flags.DEFINE_string("arch", "hyperprior",
                     "Architecture: factorized, hyperprior, mean_scale_hyperprior, "
-                    "joint (or one registered by a module in --imports).")
+                    "channelwise (or one registered by a module in --imports).")
 flags.DEFINE_integer("num_filters", None,
                      "Filters of the transforms (default: the architecture's).")
 flags.DEFINE_integer("latent_depth", None, "Channels of the latents y.")
 flags.DEFINE_integer("hyperprior_depth", None,
                      "Channels of the hyper-latents z (hyperprior models).")
 flags.DEFINE_integer("num_slices", None,
-                     "Channel slices of the joint model's context model.")
+                     "Channel slices of the channelwise model's context model.")
 # -- Loss
 flags.DEFINE_float("lmbda", None,
                    "The loss per image is bpp + lmbda * distortion, with MSE on "

@@ -10,12 +10,12 @@ Nothing here imports TensorFlow at import time (the CLI must start fast).
 """
 
 from dpc_tf.evaluation.bdrate import BDResult, bd_rate, monotone_curve
-from dpc_tf.evaluation.codecs import (DEFAULT_CODECS, Codec, available_codecs, get_codec,
-                                      library_versions, unavailable_reason)
+from dpc_tf.evaluation.codecs import (DEFAULT_CODECS, EvalCodec, available_codecs,
+                                      get_codec, library_versions, unavailable_reason)
 from dpc_tf.evaluation.detection import ClassMap, CocoGroundTruth, DetectionTask
 from dpc_tf.evaluation.detectors import (Detections, Detector, SavedModelDetector,
                                          TFLiteDetector, load_detector)
-from dpc_tf.evaluation.images import ImageError, load_image
 from dpc_tf.evaluation.metrics import Metrics, psnr
 from dpc_tf.evaluation.model_codec import ModelCodec
 from dpc_tf.evaluation.runner import POINT_COLUMNS, QualityTask, evaluate, read_points, run
+from dpc_tf.images import ImageError

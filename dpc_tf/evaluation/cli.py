@@ -95,7 +95,7 @@ def _split_assignment(text, flag):
 
 
 def build_codecs(codecs_arg, settings_args, model_args, default_codecs=None):
-  """Codec objects from the --codecs, --settings and --model arguments."""
+  """`EvalCodec`s from the --codecs, --settings and --model arguments."""
   from dpc_tf.evaluation import codecs as classical
   from dpc_tf.evaluation.model_codec import ModelCodec
   if codecs_arg is None:

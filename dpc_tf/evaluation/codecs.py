@@ -21,8 +21,9 @@ import io
 import numpy as np
 
 
-class Codec:
-  """Base class: a named codec swept over a list of settings.
+class EvalCodec:
+  """Base class: a named codec swept over a list of settings, as `dpc eval`
+  measures it (not `dpc_tf.Codec`, the learned codec's API).
 
   Subclasses set `name`, `setting_name`, `default_settings` and implement
   `encode` and `decode`; `unavailable_reason` reports a missing library or
@@ -120,7 +121,7 @@ def _pillow_feature_reason(feature, what):
   return None
 
 
-class JPEG(Codec):
+class JPEG(EvalCodec):
   """JPEG (Pillow/libjpeg-turbo), optimised Huffman tables, quality 1-95."""
 
   setting_name = "quality"
@@ -151,7 +152,7 @@ class JPEG(Codec):
     return f"JPEG {self.subsampling} (Pillow/libjpeg-turbo, optimize=True), setting = quality"
 
 
-class JPEG2000(Codec):
+class JPEG2000(EvalCodec):
   """JPEG 2000 (Pillow/OpenJPEG), 9/7 wavelet + colour transform, target bpp."""
 
   setting_name = "target_bpp"
@@ -183,7 +184,7 @@ class JPEG2000(Codec):
             "setting = target bpp")
 
 
-class WebP(Codec):
+class WebP(EvalCodec):
   """WebP lossy (Pillow/libwebp), method 6, quality 0-95."""
 
   setting_name = "quality"
@@ -204,7 +205,7 @@ class WebP(Codec):
     return "WebP lossy (Pillow/libwebp, method=6), setting = quality"
 
 
-class AVIF(Codec):
+class AVIF(EvalCodec):
   """AVIF (Pillow's AVIF plugin/libavif with aom), speed 6, quality 0-90."""
 
   setting_name = "quality"
@@ -236,7 +237,7 @@ class AVIF(Codec):
     return f"AVIF {self.subsampling} (Pillow/libavif, speed=6), setting = quality"
 
 
-class HEVC(Codec):
+class HEVC(EvalCodec):
   """HEVC intra in HEIF (pillow-heif/libheif with x265, the coder in BPG)."""
 
   setting_name = "quality"
@@ -287,7 +288,7 @@ class HEVC(Codec):
             f"x265 preset={self.X265_PRESET} tune={self.X265_TUNE}), setting = quality")
 
 
-class JPEGXL(Codec):
+class JPEGXL(EvalCodec):
   """JPEG XL (imagecodecs/libjxl), effort 7, Butteraugli distance 25-0.8."""
 
   setting_name = "distance"
@@ -323,7 +324,7 @@ class JPEGXL(Codec):
     return f"JPEG XL (imagecodecs/libjxl, effort={self.EFFORT}), setting = Butteraugli distance"
 
 
-class Original(Codec):
+class Original(EvalCodec):
   """The image files as given, not coded again: the reference point."""
 
   setting_name = "file"
@@ -344,8 +345,8 @@ class Original(Codec):
 
   def decode(self, data, setting):
     # The same reading as the evaluation's (EXIF orientation, gray to RGB).
-    from dpc_tf.evaluation.images import load_image
-    return load_image(io.BytesIO(data))[0]
+    from dpc_tf.images import read_image
+    return read_image(io.BytesIO(data), alpha="composite")
 
   def describe(self):
     return "the image files as given (their own format and size), not coded again"

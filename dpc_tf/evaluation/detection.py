@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from dpc_tf.evaluation import report
-from dpc_tf.evaluation.images import ImageError
+from dpc_tf.images import ImageError
 
 # Box metrics in pycocotools' `COCOeval.stats` order (the first six entries).
 METRICS = ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")

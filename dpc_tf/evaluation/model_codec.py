@@ -14,10 +14,10 @@ import os
 import numpy as np
 
 from dpc_tf import files
-from dpc_tf.evaluation.codecs import Codec
+from dpc_tf.evaluation.codecs import EvalCodec
 
 
-class ModelCodec(Codec):
+class ModelCodec(EvalCodec):
   """A family of learned codecs, each setting a model path.
 
   Args:
@@ -107,12 +107,6 @@ def trained_qualities(path):
   Reads the model's description only (no weights): any model path
   `dpc_tf.load_codec` takes. Raises `ModelFileError` naming a bad path.
   """
-  kind, resolved = files.resolve_model(path)
-  if kind == "saved_model":
-    from dpc_tf import serving  # pylint: disable=import-outside-toplevel
-    config = serving.read_info(resolved)["config"]
-  else:
-    from dpc_tf import saving  # pylint: disable=import-outside-toplevel
-    config = saving.read_model_info(resolved)["config"]
-  lmbdas = config.get("lmbdas")
+  from dpc_tf import loading  # pylint: disable=import-outside-toplevel
+  lmbdas = loading.model_info(path)["config"].get("lmbdas")
   return [float(q) for q in range(1, len(lmbdas) + 1)] if lmbdas else None

@@ -25,8 +25,8 @@ import sys
 import time
 
 from dpc_tf.evaluation import report
-from dpc_tf.evaluation.images import ImageError, load_image
 from dpc_tf.evaluation.metrics import LABELS, METRICS, Metrics
+from dpc_tf.images import ImageError, read_image
 
 POINT_COLUMNS = ["codec", "setting", "image", "width", "height", "num_bytes", "bpp",
                  "psnr", "msssim", "msssim_db", "lpips", "encode_ms", "decode_ms"]
@@ -183,8 +183,9 @@ def evaluate(images, codecs, out_dir, metrics=None, anchor=None, bd_method="akim
   """Evaluates codecs on images and writes the report files into `out_dir`.
 
   Args:
-    images: image file paths (read with Pillow, see `images.load_image`).
-    codecs: `Codec` instances (classical or `ModelCodec`), each with its sweep.
+    images: image file paths (read as RGB, `dpc_tf.images.read_image` with
+      alpha="composite").
+    codecs: `EvalCodec` instances (classical or `ModelCodec`), each with its sweep.
     out_dir: output directory; created if needed, resumed if it has points.
     metrics: a `Metrics` (default: PSNR, MS-SSIM and LPIPS-alex).
     anchor: codec name for BD-rates, or None for none.
@@ -256,13 +257,14 @@ def run(task, images, codecs, out_dir, anchor=None, bd_method="akima", max_image
   readable, sizes = [], []
   for path in image_paths:
     try:
-      image, note = load_image(path)
+      read_notes = []
+      image = read_image(path, alpha="composite", notes=read_notes)
       task.check_image(path, image)
     except ImageError as error:
       report_failure({"codec": None, "setting": None, "image": path, "stage": "read",
                       "error": str(error)})
       continue
-    if note:
+    for note in read_notes:
       notes.append(note)
       print(f"{program}: {note}", file=log, flush=True)
     readable.append(path)
@@ -299,7 +301,7 @@ def run(task, images, codecs, out_dir, anchor=None, bd_method="akima", max_image
           continue
         for path in todo:
           try:
-            image, _ = load_image(path)
+            image = read_image(path, alpha="composite")
             point = measure_point(codec, setting, image, task.measure, path=path)
           except Exception as error:  # pylint: disable=broad-except
             report_failure({"codec": codec.name, "setting": key, "image": path,

@@ -468,20 +468,19 @@ class CompressionModel(tf.keras.Model):
     cache = self.__dict__.setdefault("_function_cache", {})
     if not cache:
       cache.update(self.tf_functions())
-      image = tf.TensorSpec([None, None, 3], tf.uint8)
-      y = tf.TensorSpec([1, None, None, None], tf.float32)
-      shape = tf.TensorSpec([2], tf.int32)
-      quality = ([tf.TensorSpec([], tf.float32)] if self.variable_rate else [])
-      cache["analyze"] = tf.function(self.analyze_image, input_signature=[image])
+      spec = self.input_specs()
+      cache["analyze"] = tf.function(self.analyze_image,
+                                     input_signature=[spec["image"]])
       cache["compress_analyzed"] = tf.function(
-          self.compress_analyzed, input_signature=[y, shape] + quality)
-      strings = [tf.TensorSpec([], tf.string)] * len(self.string_names)
+          self.compress_analyzed,
+          input_signature=[spec["analyzed"], spec["image_shape"]] + spec["quality"])
       cache["decode_latents"] = tf.function(
-          self._decode_latents_image, input_signature=[shape] + strings + quality)
+          self._decode_latents_image,
+          input_signature=[spec["image_shape"]] + spec["strings"] + spec["quality"])
       cache["synthesize"] = tf.function(
           lambda y_hat: self._to_image(self.synthesis_transform(y_hat),
                                        tf.shape(y_hat)[1:3] * 16),
-          input_signature=[tf.TensorSpec([1, None, None, None], tf.float32)])
+          input_signature=[spec["latents"]])
     return cache[name]
 
   @staticmethod
@@ -664,6 +663,26 @@ class CompressionModel(tf.keras.Model):
         self._ungain_latents(latents, self._level(quality)))
     return self._to_image(x_hat, tf.convert_to_tensor(image_shape, tf.int32))
 
+  def input_specs(self):
+    """The inputs of the compression methods as named `tf.TensorSpec`s.
+
+    The one definition of their signatures: `tf_functions` (and so the
+    SavedModels of `serving.export`, whose input names these are) and the
+    graphs eager calls run (`_traced`) both build on it. Shapes leave the
+    image size open, so one trace serves every size. "strings" and
+    "quality" are lists: one string per `string_names`, and a quality for
+    variable-rate models only.
+    """
+    return dict(
+        image=tf.TensorSpec([None, None, 3], tf.uint8, name="image"),
+        image_shape=tf.TensorSpec([2], tf.int32, name="image_shape"),
+        strings=[tf.TensorSpec([], tf.string, name=n) for n in self.string_names],
+        latents=tf.TensorSpec([1, None, None, None], tf.float32, name="latents"),
+        # `analyze_image`'s output, before any gain.
+        analyzed=tf.TensorSpec([1, None, None, None], tf.float32, name="y"),
+        quality=([tf.TensorSpec([], tf.float32, name="quality")]
+                 if self.variable_rate else []))
+
   def tf_functions(self):
     """The compression methods as `tf.function`s with input signatures.
 
@@ -673,12 +692,8 @@ class CompressionModel(tf.keras.Model):
     variable-rate model's functions take a float32 `quality` last.
     """
     self._require_frozen()
-    image = tf.TensorSpec([None, None, 3], tf.uint8, name="image")
-    shape = tf.TensorSpec([2], tf.int32, name="image_shape")
-    strings = [tf.TensorSpec([], tf.string, name=n) for n in self.string_names]
-    latents = tf.TensorSpec([1, None, None, None], tf.float32, name="latents")
-    quality = ([tf.TensorSpec([], tf.float32, name="quality")]
-               if self.variable_rate else [])
+    spec = self.input_specs()
+    image, shape, quality = spec["image"], spec["image_shape"], spec["quality"]
     n = len(self.string_names)
 
     def optional_quality(args):
@@ -701,10 +716,10 @@ class CompressionModel(tf.keras.Model):
     return dict(
         compress=tf.function(compress, input_signature=[image] + quality),
         decompress=tf.function(decompress,
-                               input_signature=[shape] + strings + quality),
+                               input_signature=[shape] + spec["strings"] + quality),
         latents=tf.function(latents_fn, input_signature=[image] + quality),
         from_latents=tf.function(from_latents,
-                                 input_signature=[latents, shape] + quality))
+                                 input_signature=[spec["latents"], shape] + quality))
 
   # -- For subclasses ----------------------------------------------------------
 

@@ -68,7 +68,7 @@ class StudyCodec:
 
 
 class ClassicalStudyCodec(StudyCodec):
-  """A classical codec, its setting found by bisection on a fine ladder."""
+  """A classical `EvalCodec`, its setting found by bisection on a fine ladder."""
 
   def __init__(self, codec):
     reason = codec.unavailable_reason()

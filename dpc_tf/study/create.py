@@ -56,8 +56,8 @@ def create_study(image_paths, study_codecs, targets, out, seed=0, sentinels=None
       trials, at least 2); 0 for none.
     trials_per_rater: test trials per rater (default all).
   """
-  from dpc_tf.evaluation.images import load_image
   from dpc_tf.evaluation import codecs as classical
+  from dpc_tf.images import read_image
   targets = sorted({float(t) for t in targets})
   if not targets or min(targets) <= 0:
     raise ValueError(f"target rates must be positive bpp values, got {targets}.")
@@ -69,9 +69,7 @@ def create_study(image_paths, study_codecs, targets, out, seed=0, sentinels=None
   ids = image_ids(image_paths)
   images, notes = {}, []
   for image_id, path in ids.items():
-    images[image_id], note = load_image(path)
-    if note:
-      notes.append(note)
+    images[image_id] = read_image(path, alpha="composite", notes=notes)
   pairs = len(names) * (len(names) - 1) // 2
   tests = len(images) * len(targets) * pairs
   if trials_per_rater is not None and not 1 <= trials_per_rater <= tests:

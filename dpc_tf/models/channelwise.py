@@ -1,10 +1,12 @@
-"""`joint`: mean-scale hyperprior plus a channel-wise autoregressive context model.
+"""`channelwise`: mean-scale hyperprior plus a channel-wise autoregressive context.
 
 D. Minnen, S. Singh, "Channel-wise autoregressive entropy models for learned
 image compression", ICIP 2020, https://arxiv.org/abs/2007.08739.
 
-The DPC paper builds on a joint hyperprior + context model (Minnen et al. 2018,
-spatial masked convolutions). Its spatial context must be decoded one latent
+The DPC paper builds on the "joint" autoregressive and hierarchical prior
+of Minnen et al. 2018 (spatial masked convolutions), which this replaces (it
+was registered as `joint` once; models saved under that name still load, see
+`registry.ALIASES`). A spatial context must be decoded one latent
 position after another: minutes for a Kodak image in TensorFlow on a CPU. The
 channel-wise context splits the latents into slices along channels and
 conditions each slice on the hyperprior and the slices decoded before it, so
@@ -21,7 +23,7 @@ from dpc_tf.models.base import CompressionModel
 from dpc_tf.models.registry import register_model
 
 
-@register_model("joint")
+@register_model("channelwise")
 class ChannelwiseContextCodec(CompressionModel):
   """Hyperprior + channel-wise autoregressive context model with LRP."""
 
