@@ -2,7 +2,7 @@
 
 For each classical codec at one mid-sweep setting, every image is encoded,
 decoded and measured (PSNR, MS-SSIM) exactly as `dpc eval` does, with each
-stage timed. Metric graphs are traced once per image size before timing, and
+stage timed. Metric graphs are traced (once per MS-SSIM scale choice) before timing, and
 the metrics alone (PSNR + MS-SSIM of each image against a 1-LSB-different
 copy, three rounds, median) are timed first, as the reference for the
 "metrics ms" column. Run it in a process of its own (bench/run_all.py does):

@@ -3,6 +3,14 @@
     python -m bench.bench_precision                    # both parts (what run_all runs)
     python -m bench.bench_precision --part speed --rounds 6
     python -m bench.bench_precision --part rd --rd_steps 600
+    python -m bench.bench_precision --part inference
+
+inference: should coding offer bfloat16 analysis/synthesis? The zoo's `mse`
+  model at its default quality codes Kodak images with each transform in
+  float32 or bfloat16 (the hyper-transforms and entropy models stay float32,
+  so a bfloat16 encoder's bitstream is decodable by a float32 decoder and the
+  reverse): bpp and PSNR of the four encoder/decoder pairs, and the time of
+  each transform in each precision, alternated in rounds.
 
 speed: the train step (`model.make_train_function()`, what `fit` runs: forward,
   MSE loss, gradients, Adam) of mean_scale_hyperprior with 128 and with 64
@@ -248,6 +256,89 @@ def _speed_section(result):
           f"bfloat16.\n\n{table}")
 
 
+def inference(images_, model_name="mse", rounds=3):
+  """bf16 vs float32 analysis/synthesis when coding: RD and speed (see docstring)."""
+  import tensorflow as tf
+  import dpc_tf
+  from dpc_tf import metrics
+  model = dpc_tf.zoo.load_model(model_name)
+  quality = model.default_quality if model.variable_rate else None
+  quality_inputs = [tf.constant(quality, tf.float32)] if model.variable_rate else []
+
+  def transform(stack, precision):
+    def run(x):
+      # The precision applies to training calls (layers._Stack.call), and a
+      # training call of a transform computes the inference function.
+      stack.precision = precision
+      try:
+        return stack(x, training=precision != "float32")
+      finally:
+        stack.precision = "float32"
+    spec = tf.TensorSpec([1, None, None, None], tf.float32)
+    return tf.function(run, input_signature=[spec])
+
+  analysis = {p: transform(model.analysis_transform, p) for p in PRECISIONS}
+  synthesis = {p: transform(model.synthesis_transform, p) for p in PRECISIONS}
+  coded = {}
+  for name, image in images_:
+    x = model._pad(tf.constant(image))  # pylint: disable=protected-access
+    shape = tf.constant(image.shape[:2], tf.int32)
+    for encoder in PRECISIONS:
+      outputs = model.compress_analyzed(analysis[encoder](x), shape, quality)
+      strings = [outputs[n] for n in model.string_names]
+      bits = 8 * sum(len(s.numpy()) for s in strings)
+      latents = model._traced("decode_latents")(  # pylint: disable=protected-access
+          shape, *strings, *quality_inputs)
+      for decoder in PRECISIONS:
+        decoded = model._to_image(synthesis[decoder](latents), shape)  # pylint: disable=protected-access
+        coded.setdefault((encoder, decoder), []).append(
+            (bits / (image.shape[0] * image.shape[1]), metrics.psnr(image, decoded.numpy())))
+  rows = []
+  for (encoder, decoder), values in coded.items():
+    rows.append(dict(encoder=encoder, decoder=decoder,
+                     bpp=float(np.mean([v[0] for v in values])),
+                     psnr=float(np.mean([v[1] for v in values]))))
+  inputs = [model._pad(tf.constant(image)) for _, image in images_]  # pylint: disable=protected-access
+  latents = [analysis["float32"](x) for x in inputs]
+  times = {(part, p): [] for part in ("analysis", "synthesis") for p in PRECISIONS}
+  for r in range(rounds + 1):  # The first round warms up (tracing).
+    order = PRECISIONS if r % 2 else PRECISIONS[::-1]
+    for p in order:
+      for part, function, arguments in (("analysis", analysis[p], inputs),
+                                        ("synthesis", synthesis[p], latents)):
+        start = time.perf_counter()
+        for argument in arguments:
+          function(argument).numpy()
+        if r:
+          times[(part, p)].append((time.perf_counter() - start) / len(arguments))
+  speed_rows = [dict(transform=part, float32_s=float(np.median(times[(part, "float32")])),
+                     bfloat16_s=float(np.median(times[(part, "mixed_bfloat16")])))
+                for part in ("analysis", "synthesis")]
+  for row in speed_rows:
+    row["ratio"] = row["bfloat16_s"] / row["float32_s"]
+  return dict(model=model_name, quality=quality, images=[n for n, _ in images_],
+              rounds=rounds, rows=rows, speed=speed_rows,
+              load_average=os.getloadavg()[0])
+
+
+def _inference_section(result):
+  inf = result["inference"]
+  base = next(r for r in inf["rows"] if r["encoder"] == r["decoder"] == "float32")
+  table = common.markdown_table(
+      ["encoder transforms", "decoder transforms", "bpp", "PSNR dB", "Δ PSNR dB"],
+      [[r["encoder"], r["decoder"], f"{r['bpp']:.4f}", f"{r['psnr']:.3f}",
+        f"{r['psnr'] - base['psnr']:+.3f}"] for r in inf["rows"]])
+  speed_table = common.markdown_table(
+      ["transform", "float32 s/image", "bfloat16 s/image", "bfloat16 / float32"],
+      [[r["transform"], f"{r['float32_s']:.3f}", f"{r['bfloat16_s']:.3f}",
+        f"{r['ratio']:.2f}"] for r in inf["speed"]])
+  return (f"### Coding with bfloat16 analysis/synthesis\n\nZoo model "
+          f"`{inf['model']}` at quality {inf['quality']}, {len(inf['images'])} images "
+          f"({', '.join(inf['images'])}); hyper-transforms and entropy models float32 "
+          f"(every pair decodes). Medians of {inf['rounds']} alternated rounds, load "
+          f"average {inf['load_average']:.1f}.\n\n{table}\n\n{speed_table}")
+
+
 def _rd_section(result):
   c, rd = result["config"], result["rd"]
   table = common.markdown_table(
@@ -264,7 +355,7 @@ def _rd_section(result):
           f"{len(rd['images'])} images ({', '.join(rd['images'])}).\n\n{table}")
 
 
-def run(out_dir="bench/results", parts=("speed", "rd"), arch="mean_scale_hyperprior",
+def run(out_dir="bench/results", parts=("speed", "rd", "inference"), arch="mean_scale_hyperprior",
         filters=(128, 64), batch_size=8, patch_size=128, rounds=4,
         steps_per_round=3, warmup=2, rd_filters=64, rd_steps=300, rd_chunk=50,
         lmbda=0.01, learning_rate=1e-4, val_count=8, explicit=False,
@@ -287,7 +378,7 @@ def run(out_dir="bench/results", parts=("speed", "rd"), arch="mean_scale_hyperpr
   if os.path.exists(previous):
     with open(previous) as f:
       old = json.load(f)
-    for part in ("speed", "rd"):
+    for part in ("speed", "rd", "inference"):
       if part not in parts and part in old and old.get("config", {}).get(
           "arch") == arch and old.get("hardware") == hardware:
         result[part] = old[part]
@@ -301,6 +392,8 @@ def run(out_dir="bench/results", parts=("speed", "rd"), arch="mean_scale_hyperpr
       sections.append(_speed_section(result))
     if "rd" in result:
       sections.append(_rd_section(result))
+    if "inference" in result:
+      sections.append(_inference_section(result))
     return common.write(out_dir, "precision", result,
                         "## Training precision: float32 vs mixed_bfloat16\n\n"
                         + "\n\n".join(sections))
@@ -324,14 +417,18 @@ def run(out_dir="bench/results", parts=("speed", "rd"), arch="mean_scale_hyperpr
                         lmbda=lmbda, learning_rate=learning_rate, seed=0,
                         training_images=source,
                         images=[name for name, _ in val], rows=rows)
+    write()
+  if "inference" in parts:
+    print("inference: bfloat16 analysis/synthesis of the zoo's mse model ...", flush=True)
+    result["inference"] = inference(val[:4])
   return write()
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--part", nargs="*", default=["speed", "rd"],
-                      choices=("speed", "rd"))
+  parser.add_argument("--part", nargs="*", default=["speed", "rd", "inference"],
+                      choices=("speed", "rd", "inference"))
   parser.add_argument("--arch", default="mean_scale_hyperprior")
   parser.add_argument("--filters", nargs="*", type=int, default=[128, 64])
   parser.add_argument("--batch_size", type=int, default=8)

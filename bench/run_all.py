@@ -61,6 +61,11 @@ def _vs_tfc(out):
   return bench_vs_tfc.run(out, limit=4)
 
 
+def _metrics(out):
+  from bench import bench_metrics
+  return bench_metrics.run(out)
+
+
 def _fuzz(out):
   from bench import fuzz_decoder
   return fuzz_decoder.run(out)
@@ -68,7 +73,7 @@ def _fuzz(out):
 
 BENCHMARKS = {"codec": _codec, "lpips": _lpips, "train": _train, "eval": _eval,
               "decode_memory": _decode_memory, "fuzz": _fuzz, "vs_tfc": _vs_tfc,
-              "precision": _precision}
+              "precision": _precision, "metrics": _metrics}
 
 
 def main(argv=None):

@@ -85,7 +85,7 @@ def zoo_demo(args):
     ms, ms_db = metrics.msssim_and_db(original, result)
     return (f"{metrics.bpp(num_bytes, original):.3f} bpp, PSNR "
             f"{metrics.psnr(original, result):5.2f} dB, MS-SSIM {ms:.4f} "
-            f"({ms_db:5.2f} dB), LPIPS {float(lpips(x, y)[0]):.3f}")
+            f"({ms_db:5.2f} dB), LPIPS {float(lpips.measure(x, y)[0]):.3f}")
 
   print(f"\nPhotos held out from training, coded at about {args.bpp} bpp "
         "(LPIPS: lower is better):")

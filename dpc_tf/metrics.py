@@ -1,10 +1,11 @@
 """Quality of decoded 8-bit images against their originals, as the field reports it.
 
 PSNR on 8-bit RGB; MS-SSIM on [0, 1] floats via `perceptual.measure_msssim`
-(`perceptual.msssim` traced once per image size; it copes with images under
-161 px), also in dB: -10 log10(1 - MS-SSIM); LPIPS v0.1 via `perceptual.lpips`
-(default weights: see docs/lpips.md). `dpc eval` (`evaluation.Metrics`), `dpc
-compress` and the training logs all measure MS-SSIM here, to the same numbers.
+(it copes with images under 161 px), also in dB: -10 log10(1 - MS-SSIM);
+LPIPS v0.1 via `perceptual.measure_lpips` (default weights: see docs/lpips.md).
+Both are graphs traced once for any image size, not once per size. `dpc eval`
+(`evaluation.Metrics`), `dpc compress`, the demo and the training logs all
+measure here, to the same numbers.
 """
 
 import math
@@ -52,8 +53,8 @@ def lpips(original, decoded, trunk="alex", weights_path=None):
   """
   import perceptual
   a, b = _pair(original, decoded)
-  return float(perceptual.lpips(unit_batch(a), unit_batch(b), trunk=trunk,
-                                weights_path=weights_path)[0])
+  return float(perceptual.measure_lpips(unit_batch(a), unit_batch(b), trunk=trunk,
+                                        weights_path=weights_path)[0])
 
 
 def bpp(num_bytes, image):

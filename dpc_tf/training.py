@@ -317,7 +317,7 @@ class ValidationImages(tf.keras.callbacks.Callback):
                     msssim_db=float(msssim_db[0]),
                     bpp=float(bits[0]) / (image.shape[0] * image.shape[1]))
       if self.lpips is not None:
-        values["lpips"] = float(self.lpips(x, x_hat)[0])
+        values["lpips"] = float(self.lpips.measure(x, x_hat)[0])
       results.append(values)
       panels.append(np.concatenate([image, decoded], axis=1))
     means = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
@@ -399,7 +399,7 @@ class LearningCurve(tf.keras.callbacks.Callback):
                  psnr=metrics.psnr(image, decoded), msssim=float(msssim[0]),
                  msssim_db=float(msssim_db[0]))
       if self.lpips is not None:
-        row["lpips"] = float(self.lpips(x, x_hat)[0])
+        row["lpips"] = float(self.lpips.measure(x, x_hat)[0])
       values.append(row)
     return {k: float(np.mean([v[k] for v in values])) for k in values[0]}
 

@@ -3,7 +3,8 @@
 Images are NHWC float tensors with values in [0, 1].
 
 Metrics: `msssim`, `LPIPS` (Keras layer) and `lpips` (functional);
-`measure_msssim` is `msssim` as a traced graph, for reporting.
+`measure_msssim` and `measure_lpips` (and `LPIPS.measure`) are the metrics
+as graphs traced once for any image size, for reporting.
 Distortions (per-image Keras losses, also by name with `get_distortion`):
 `MSE` ("mse"), `MSSSIM` ("msssim", 1 - MS-SSIM), `LPIPSLoss` ("lpips") and
 `DPCLoss` ("dpc", α·LPIPS + (1 − α)·(1 − MS-SSIM)). LPIPS-alex and -vgg take
@@ -35,6 +36,7 @@ _EXPORTS = {
     "msssim_loss": ("perceptual.losses", "msssim_loss"),
     "LPIPS": ("perceptual.lpips", "LPIPS"),
     "lpips": ("perceptual.lpips", "lpips"),
+    "measure_lpips": ("perceptual.lpips", "measure_lpips"),
     "msssim": ("perceptual.msssim", "msssim"),
     "msssim_db": ("perceptual.msssim", "msssim_db"),
     "measure_msssim": ("perceptual.msssim", "measure_msssim"),

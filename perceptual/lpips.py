@@ -353,8 +353,7 @@ class LPIPS(tf.keras.layers.Layer):
     for name, variable in self.named_variables().items():
       variable.assign(arrays[name])
 
-  def _prepare(self, x, name):
-    x = check_image_batch(x, name)
+  def _check_size(self, x, name):
     height, width = x.shape[1], x.shape[2]
     if height is not None and width is not None:
       if min(min(size) for size in self.spec.tap_sizes(height, width)) < 1:
@@ -362,6 +361,10 @@ class LPIPS(tf.keras.layers.Layer):
         raise ValueError(
             f"LPIPS-{self.trunk} input {name} of {height}x{width} px is too "
             f"small for its trunk; use at least {side}x{side} px.")
+
+  def _prepare(self, x, name):
+    x = check_image_batch(x, name)
+    self._check_size(x, name)
     if self.check_range:
       x = assert_unit_range(x, name)
     # [0, 1] -> the reference's [-1, 1], then its ScalingLayer.
@@ -398,6 +401,28 @@ class LPIPS(tf.keras.layers.Layer):
         total += tf.reduce_mean(per_pixel, axis=(1, 2, 3))
     return total
 
+  def measure(self, x0, x1):
+    """Distances [batch] (or maps), as one graph for any image size: to report.
+
+    Called eagerly, the layer runs op by op; wrapped in a plain `tf.function`
+    it traces again for every new image size (about a second each, for
+    every photo of a dataset of mixed sizes). This graph takes any size and
+    is traced once per layer. The size check `call` makes on static shapes
+    is made here first, eagerly.
+    """
+    x0 = check_image_batch(x0, "x0")
+    x1 = check_image_batch(x1, "x1")
+    self._check_size(x0, "x0")
+    self._check_size(x1, "x1")
+    graph = self.__dict__.get("_measure_graph")
+    if graph is None:
+      spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+      graph = tf.function(lambda x0, x1: self(x0, x1), input_signature=[spec, spec])
+      # Not an attribute Keras tracks: the graph is a cache, not part of the
+      # layer's saved state.
+      object.__setattr__(self, "_measure_graph", graph)
+    return graph(x0, x1)
+
   def get_config(self):
     config = super().get_config()
     config.update(trunk=self.trunk, weights_path=self.weights_path,
@@ -410,13 +435,7 @@ class LPIPS(tf.keras.layers.Layer):
 _FUNCTIONAL_CACHE = {}
 
 
-def lpips(x0, x1, trunk="alex", weights_path=None, calibrated=True,
-          spatial=False):
-  """Functional LPIPS: distances [batch] between NHWC batches in [0, 1].
-
-  Builds (once per weights file and options) and calls an `LPIPS` layer; see
-  it for the arguments. Inside a model or loss, hold an `LPIPS` instead.
-  """
+def _cached_layer(trunk, weights_path, calibrated, spatial):
   path = lpips_weights.resolve_weights_path(trunk, weights_path)
   stat = os.stat(path)
   key = (trunk, os.path.abspath(path), stat.st_mtime_ns, stat.st_size,
@@ -428,4 +447,20 @@ def lpips(x0, x1, trunk="alex", weights_path=None, calibrated=True,
       metric = LPIPS(trunk, weights_path=path, calibrated=calibrated,
                      spatial=spatial)
     _FUNCTIONAL_CACHE[key] = metric
-  return metric(x0, x1)
+  return metric
+
+
+def lpips(x0, x1, trunk="alex", weights_path=None, calibrated=True,
+          spatial=False):
+  """Functional LPIPS: distances [batch] between NHWC batches in [0, 1].
+
+  Builds (once per weights file and options) and calls an `LPIPS` layer; see
+  it for the arguments. Inside a model or loss, hold an `LPIPS` instead.
+  """
+  return _cached_layer(trunk, weights_path, calibrated, spatial)(x0, x1)
+
+
+def measure_lpips(x0, x1, trunk="alex", weights_path=None):
+  """LPIPS distances [batch] to report, through `LPIPS.measure` (one graph for
+  every image size) of a layer built once per weights file."""
+  return _cached_layer(trunk, weights_path, True, False).measure(x0, x1)

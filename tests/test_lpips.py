@@ -399,6 +399,35 @@ def test_lpips_is_usable_in_a_functional_model(alex_weights):
   assert not model.trainable_weights  # a fixed metric
 
 
+def test_measure_is_one_graph_for_every_size_with_the_layer_values(reference_weights):
+  """`LPIPS.measure`, what dpc eval / compress / the training logs report:
+  the layer's distances, traced once for images of any size (a plain
+  tf.function retraces for every new size of a mixed-size dataset)."""
+  fixture = load_fixture("squeeze")
+  metric = LPIPS("squeeze", weights_path=reference_weights["squeeze"])
+  for case in ("wide", "square"):
+    x0, x1 = images(fixture, case)
+    np.testing.assert_allclose(metric.measure(x0, x1), fixture[f"distance/{case}"],
+                               atol=ATOL)
+  rng = np.random.default_rng(0)
+  for height, width in ((48, 64), (64, 48), (57, 91)):
+    x0, x1 = (rng.uniform(size=(1, height, width, 3)).astype(np.float32)
+              for _ in range(2))
+    np.testing.assert_allclose(metric.measure(x0, x1), metric(x0, x1), atol=1e-6)
+  assert metric.__dict__["_measure_graph"].experimental_get_tracing_count() == 1
+  # The eager checks still name the problem.
+  with pytest.raises(ValueError, match=r"too small.*at least"):
+    metric.measure(tf.zeros([1, 24, 24, 3]), tf.zeros([1, 24, 24, 3]))
+  with pytest.raises(ValueError, match="divide uint8 images by 255"):
+    metric.measure(tf.zeros([1, 40, 40, 3], tf.uint8), tf.zeros([1, 40, 40, 3], tf.uint8))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="differ in shape"):
+    metric.measure(tf.zeros([1, 40, 40, 3]), tf.zeros([1, 48, 40, 3]))
+  # A measuring graph is a cache, not state: the layer saves as before.
+  assert "_measure_graph" not in metric.get_config()
+  assert len(metric.weights) == len(LPIPS("squeeze", weights_path=reference_weights[
+      "squeeze"]).weights)
+
+
 def test_functional_form_matches_layer_and_is_cached(alex_weights):
   fixture = load_fixture("alex")
   x0, x1 = images(fixture, "wide")

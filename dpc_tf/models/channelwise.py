@@ -119,9 +119,6 @@ class ChannelwiseContextCodec(CompressionModel):
       decoded.append(y_hat + 0.5 * tf.math.tanh(lrp))
     return tf.concat(decoded, axis=-1)
 
-  def _hyper_latents(self, y, level):
-    return self._gain_hyper_latents(self.hyper_analysis_transform(y), level)
-
   def _forward(self, x, training, level):
     em_z = self._batched_entropy_model(self.hyperprior)
     em_y = self._indexed_entropy_model()

@@ -78,9 +78,6 @@ class HyperpriorCodec(CompressionModel):
       return indexes, means
     return params, None
 
-  def _hyper_latents(self, y, level):
-    return self._gain_hyper_latents(self.hyper_analysis_transform(y), level)
-
   def _forward(self, x, training, level):
     em_z = self._batched_entropy_model(self.hyperprior)
     em_y = self._indexed_entropy_model()
