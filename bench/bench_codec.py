@@ -1,6 +1,6 @@
 """Codec speed: encode/decode time per model and image, and `dpc` end to end.
 
-    python -m bench.bench_codec                       # untrained default-size models, Kodak
+    python -m bench.bench_codec                       # untrained default-size models + zoo:dpc
     python -m bench.bench_codec --models runs/a/model runs/b/model --images 'img/*.png'
 
 For each model: ms per image to encode and decode (after a warm-up image),
@@ -80,6 +80,7 @@ def run(out_dir="bench/results", models=None, image_paths=None, limit=None):
         path = os.path.join(workdir, arch)
         dpc_tf.save_model(dpc_tf.create_model(arch), path)
         models.append(path)
+      models.append("zoo:" + dpc_tf.zoo.DEFAULT)  # What `dpc compress` uses.
     rows = []
     for model_dir in models:
       print(f"benchmarking {model_dir} on {len(named)} images ...", flush=True)
