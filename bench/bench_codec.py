@@ -37,11 +37,12 @@ def bench_model(model_dir, named_images, paths, workdir):
   start = time.perf_counter()
   codec = dpc_tf.load_codec(model_dir)
   load_s = time.perf_counter() - start
-  codec.decode(codec.encode(named_images[0][1]))  # Warm-up.
+  quality = codec.model.default_quality  # As `dpc compress`; None if fixed-rate.
+  codec.decode(codec.encode(named_images[0][1], quality=quality))  # Warm-up.
   enc, dec, bpp, pixels = [], [], [], 0
   for _, image in named_images:
     t = time.perf_counter()
-    data = codec.encode(image)
+    data = codec.encode(image, quality=quality)
     enc.append(time.perf_counter() - t)
     t = time.perf_counter()
     codec.decode(data)
