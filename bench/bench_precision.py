@@ -262,8 +262,8 @@ def inference(images_, model_name="mse", rounds=3):
   import dpc_tf
   from dpc_tf import metrics
   model = dpc_tf.zoo.load_model(model_name)
-  quality = model.default_quality if model.variable_rate else None
-  quality_inputs = [tf.constant(quality, tf.float32)] if model.variable_rate else []
+  quality = model.default_quality  # None for a fixed-rate model.
+  quality_inputs = model._quality_inputs(quality)  # pylint: disable=protected-access
 
   def transform(stack, precision):
     def run(x):
@@ -279,9 +279,9 @@ def inference(images_, model_name="mse", rounds=3):
 
   analysis = {p: transform(model.analysis_transform, p) for p in PRECISIONS}
   synthesis = {p: transform(model.synthesis_transform, p) for p in PRECISIONS}
+  inputs = [model._pad(tf.constant(image)) for _, image in images_]  # pylint: disable=protected-access
   coded = {}
-  for name, image in images_:
-    x = model._pad(tf.constant(image))  # pylint: disable=protected-access
+  for (_, image), x in zip(images_, inputs):
     shape = tf.constant(image.shape[:2], tf.int32)
     for encoder in PRECISIONS:
       outputs = model.compress_analyzed(analysis[encoder](x), shape, quality)
@@ -298,7 +298,6 @@ def inference(images_, model_name="mse", rounds=3):
     rows.append(dict(encoder=encoder, decoder=decoder,
                      bpp=float(np.mean([v[0] for v in values])),
                      psnr=float(np.mean([v[1] for v in values]))))
-  inputs = [model._pad(tf.constant(image)) for _, image in images_]  # pylint: disable=protected-access
   latents = [analysis["float32"](x) for x in inputs]
   times = {(part, p): [] for part in ("analysis", "synthesis") for p in PRECISIONS}
   for r in range(rounds + 1):  # The first round warms up (tracing).

@@ -91,7 +91,7 @@ def compute_inference_kernels(model):
   of every filter) at each call: ~40 % of a 192-filter analysis transform's
   time on a Kodak image on 2 cores. Training needs that, as the parameters
   change at each step; coding does not. The kernels are computed here once,
-  with the same op, so graphs traced under `inference_kernels` compute the
+  with the same op, so graphs traced by `with_inference_kernels` compute the
   same values bit for bit. Recompute after the weights change (`update()`
   does, by dropping the traced graphs). Not tracked, not saved.
   """

@@ -362,9 +362,14 @@ class LPIPS(tf.keras.layers.Layer):
             f"LPIPS-{self.trunk} input {name} of {height}x{width} px is too "
             f"small for its trunk; use at least {side}x{side} px.")
 
-  def _prepare(self, x, name):
+  def _checked(self, x, name):
+    """`x` as float32 after the static checks (rank, channels, dtype, size)."""
     x = check_image_batch(x, name)
     self._check_size(x, name)
+    return x
+
+  def _prepare(self, x, name):
+    x = self._checked(x, name)
     if self.check_range:
       x = assert_unit_range(x, name)
     # [0, 1] -> the reference's [-1, 1], then its ScalingLayer.
@@ -410,10 +415,8 @@ class LPIPS(tf.keras.layers.Layer):
     is traced once per layer. The size check `call` makes on static shapes
     is made here first, eagerly.
     """
-    x0 = check_image_batch(x0, "x0")
-    x1 = check_image_batch(x1, "x1")
-    self._check_size(x0, "x0")
-    self._check_size(x1, "x1")
+    x0 = self._checked(x0, "x0")
+    x1 = self._checked(x1, "x1")
     graph = self.__dict__.get("_measure_graph")
     if graph is None:
       spec = tf.TensorSpec([None, None, None, 3], tf.float32)

@@ -45,6 +45,12 @@ def msssim(x, y):
   The spatial size must be static (known when tracing), as it is for training
   crops and for images given eagerly.
   """
+  x, y, power_factors, filter_size = _inputs_and_config(x, y)
+  return _ssim_multiscale(x, y, power_factors, filter_size)
+
+
+def _inputs_and_config(x, y):
+  """(x, y as float32, power factors, filter size), or a ValueError naming the shape."""
   x = tf.convert_to_tensor(x, tf.float32)
   y = tf.convert_to_tensor(y, tf.float32)
   if x.shape.rank != 4:
@@ -54,8 +60,7 @@ def msssim(x, y):
     raise ValueError(
         "MS-SSIM needs a static image size to choose its scales; got "
         f"shape {x.shape}. Crop or resize to a fixed size first.")
-  power_factors, filter_size = msssim_config(height, width)
-  return _ssim_multiscale(x, y, power_factors, filter_size)
+  return (x, y) + msssim_config(height, width)
 
 
 def _zero_nonfinite(gradient):
@@ -111,17 +116,10 @@ def measure_msssim(x, y):
   traced once per MS-SSIM configuration (`msssim_config`), not per image
   size. A loss calls `msssim` itself, inside the training step.
   """
-  x = tf.convert_to_tensor(x, tf.float32)
-  y = tf.convert_to_tensor(y, tf.float32)
-  if x.shape.rank != 4:
-    raise ValueError(f"MS-SSIM expects NHWC images (rank 4), got shape {x.shape}.")
-  height, width, channels = x.shape[1], x.shape[2], x.shape[3]
-  if height is None or width is None or channels is None:
-    raise ValueError(
-        "MS-SSIM needs a static image size to choose its scales; got "
-        f"shape {x.shape}. Crop or resize to a fixed size first.")
-  power_factors, filter_size = msssim_config(height, width)
-  key = (power_factors, filter_size, int(channels))
+  x, y, power_factors, filter_size = _inputs_and_config(x, y)
+  if x.shape[3] is None:
+    raise ValueError(f"MS-SSIM needs a static number of channels; got shape {x.shape}.")
+  key = (power_factors, filter_size, int(x.shape[3]))
   graph = _MEASURE_GRAPHS.get(key)
   if graph is None:
     graph = _MEASURE_GRAPHS[key] = _measure_graph(*key)
