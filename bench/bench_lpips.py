@@ -20,27 +20,11 @@ bench/run_all.py: `run(out_dir)` does the same and returns the report.
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 
 import numpy as np
 
 from bench import common
-
-
-def _time_interleaved(steps, repeats):
-  """Median seconds of each step; steps alternate, so that a change of load
-  on a shared machine hits all of them alike."""
-  for step in steps:
-    step()  # warm-up: tracing, allocation, thread pools
-  times = [[] for _ in steps]
-  for _ in range(repeats):
-    for step, seconds in zip(steps, times):
-      start = time.perf_counter()
-      step()
-      seconds.append(time.perf_counter() - start)
-  return [statistics.median(seconds) for seconds in times]
 
 
 def _reference_available():
@@ -109,10 +93,10 @@ def run(out_dir="bench/results", trunks=("alex",), batch=8, size=256,
       ours_step, ours_distance = _ours(trunk, weights_path, x0, x1)
       if not reference_ok:
         results[trunk] = {
-            "ours_seconds": _time_interleaved([ours_step], repeats)[0]}
+            "ours_seconds": common.time_interleaved([ours_step], repeats)[0]}
         continue
       reference_step, reference_distance = _reference(trunk, x0, x1)
-      ours_seconds, reference_seconds = _time_interleaved(
+      ours_seconds, reference_seconds = common.time_interleaved(
           [ours_step, reference_step], repeats)
       results[trunk] = {
           "ours_seconds": ours_seconds,

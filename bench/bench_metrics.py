@@ -26,7 +26,6 @@ reference of the medians. Ratios are the result on a shared machine.
 import argparse
 import glob
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -34,24 +33,6 @@ import time
 import numpy as np
 
 from bench import common
-
-
-def _interleaved(sides, items, rounds):
-  """Median over rounds of each side's total over `items`, per item."""
-  for side in sides:
-    for item in items:
-      side(item)  # warm-up: tracing, thread pools, allocation
-  totals = [[] for _ in sides]
-  for round_index in range(rounds):
-    order = list(range(len(sides)))
-    if round_index % 2:
-      order.reverse()
-    for k in order:
-      start = time.perf_counter()
-      for item in items:
-        sides[k](item)
-      totals[k].append(time.perf_counter() - start)
-  return [statistics.median(t) / len(items) for t in totals]
 
 
 def _decoded_like(image, seed):
@@ -92,7 +73,7 @@ def run(out_dir="bench/results", images=None, limit=8, rounds=5, sizes=8):
                                                for p in pairs]))}
 
   # PSNR + MS-SSIM.
-  ours, reference = _interleaved([_ours_psnr_msssim, _tfc_psnr_msssim], pairs, rounds)
+  ours, reference = common.time_interleaved([_ours_psnr_msssim, _tfc_psnr_msssim], rounds, pairs)
   values = [(_ours_psnr_msssim(pair), _tfc_psnr_msssim(pair)) for pair in pairs]
   report["psnr_msssim"] = {"ours_s": ours, "reference_s": reference,
                            "ratio": ours / reference,
@@ -123,7 +104,7 @@ def run(out_dir="bench/results", images=None, limit=8, rounds=5, sizes=8):
                  for u in unit]
       return float(model(*tensors, normalize=True).reshape(-1)[0])
 
-  ours, reference = _interleaved([ours_lpips, reference_lpips], units, rounds)
+  ours, reference = common.time_interleaved([ours_lpips, reference_lpips], rounds, units)
   report["lpips_alex"] = {
       "ours_s": ours, "reference_s": reference, "ratio": ours / reference,
       "max_abs_distance_difference": max(abs(ours_lpips(u) - reference_lpips(u))

@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import platform
+import statistics
 import time
 
 import numpy as np
@@ -52,3 +53,28 @@ def markdown_table(header, rows):
            "|" + "|".join("---" for _ in header) + "|"]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
   return "\n".join(lines)
+
+
+def time_interleaved(sides, rounds, items=(None,)):
+  """Median over `rounds` of each side's seconds per item.
+
+  Every side first runs once over the items (tracing, thread pools,
+  allocation). Sides then take turns within each round, in reversed order
+  every other round, so that a change of load on a shared machine hits all
+  of them alike. `items=(None,)` calls each side without an argument.
+  """
+  def run(side):
+    for item in items:
+      side() if item is None else side(item)
+  for side in sides:
+    run(side)
+  totals = [[] for _ in sides]
+  for round_index in range(rounds):
+    order = list(range(len(sides)))
+    if round_index % 2:
+      order.reverse()
+    for k in order:
+      start = time.perf_counter()
+      run(sides[k])
+      totals[k].append(time.perf_counter() - start)
+  return [statistics.median(t) / len(items) for t in totals]

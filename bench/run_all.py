@@ -66,6 +66,11 @@ def _metrics(out):
   return bench_metrics.run(out)
 
 
+def _startup(out):
+  from bench import bench_startup
+  return bench_startup.run(out)
+
+
 def _fuzz(out):
   from bench import fuzz_decoder
   return fuzz_decoder.run(out)
@@ -73,7 +78,7 @@ def _fuzz(out):
 
 BENCHMARKS = {"codec": _codec, "lpips": _lpips, "train": _train, "eval": _eval,
               "decode_memory": _decode_memory, "fuzz": _fuzz, "vs_tfc": _vs_tfc,
-              "precision": _precision, "metrics": _metrics}
+              "precision": _precision, "metrics": _metrics, "startup": _startup}
 
 
 def main(argv=None):

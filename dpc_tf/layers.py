@@ -5,9 +5,9 @@ user can compose a codec of their own from them (see README). Images enter the
 analysis transform as floats in [0, 1] and leave the synthesis transform on the
 same scale.
 
-GDN is always used as the `activation` of a `tfc.SignalConv2D`, as tfc's own
-models do: a standalone `tfc.GDN` layer breaks SavedModel export in tfc 2.14
-(`OperatorNotAllowedInGraphError` while Keras traces it).
+GDN (`layers.GDN`, tfc's with its constant exponents as numbers, so that
+graphs trace without AutoGraph) is always used as the `activation` of a
+`tfc.SignalConv2D`, as tfc's own models do.
 
 Precision: each transform has a `precision`, "float32" or "mixed_bfloat16"
 (`set_training_precision` sets it on a whole model). With "mixed_bfloat16" its
@@ -71,6 +71,37 @@ class ZeroRDFTParameter(tfc.RDFTParameter):
   @classmethod
   def from_config(cls, config):
     return cls(**config)
+
+
+@tf.keras.utils.register_keras_serializable(package=_PACKAGE)
+class GDN(tfc.GDN):
+  """tfc's GDN, whose constant exponents `alpha` and `epsilon` are numbers.
+
+  tfc picks its fast path (|x| and no square root for the default alpha = 1,
+  epsilon = 1) by testing `alpha == 1` on tensors, which in a graph only
+  AutoGraph can turn into a branch. Converting tfc's and Keras' code with
+  AutoGraph was most of the time it took to trace a codec (seconds at every
+  `dpc compress`); with Python numbers the test is decided while tracing,
+  the same path is taken as in eager mode, and graphs trace without
+  AutoGraph. Same variables, config and values as `tfc.GDN`.
+  """
+
+  @property
+  def alpha(self):
+    value = _constant_value(self.alpha_parameter)
+    return super().alpha if value is None else value
+
+  @property
+  def epsilon(self):
+    value = _constant_value(self.epsilon_parameter)
+    return super().epsilon if value is None else value
+
+
+def _constant_value(parameter):
+  """A constant (not trained) parameter as a Python float, else None."""
+  if parameter is None or callable(parameter) or not hasattr(parameter, "numpy"):
+    return None
+  return float(parameter.numpy())
 
 
 def _conv(filters, kernel, *, down=1, up=1, activation=None, use_bias=True,
@@ -242,7 +273,7 @@ class AnalysisTransform(_Stack):
     self.latent_depth = int(latent_depth or num_filters)
     for i in range(3):
       self._stack.append(_conv(self.num_filters, 5, down=2, name=f"conv_{i}",
-                               activation=tfc.GDN(name=f"gdn_{i}")))
+                               activation=GDN(name=f"gdn_{i}")))
     self._stack.append(_conv(self.latent_depth, 5, down=2, name="conv_3"))
 
   def _hparams(self):
@@ -264,7 +295,7 @@ class SynthesisTransform(_Stack):
     for i in range(3):
       self._stack.append(_conv(
           self.num_filters, 5, up=2, name=f"conv_{i}",
-          activation=tfc.GDN(name=f"igdn_{i}", inverse=True)))
+          activation=GDN(name=f"igdn_{i}", inverse=True)))
     self._stack.append(_conv(self.channels, 5, up=2, name="conv_3"))
 
   def _hparams(self):

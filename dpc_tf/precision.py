@@ -99,7 +99,7 @@ def training_step_ops(model, batch_shape):
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  @tf.function  # With autograph: tfc's GDN needs it in graphs.
+  @tf.function  # With AutoGraph, as Keras traces a train step.
   def step(x):
     with tf.GradientTape() as tape:
       x_hat, bits = model(x, training=True)

@@ -148,6 +148,39 @@ def test_graph_functions_match_eager_methods(tiny_models, photo, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_compression_graphs_are_plain_ops_without_branches(tiny_models, arch):
+  """Traced without AutoGraph (the first `dpc compress` traced for seconds):
+  GDN's fast path is decided while tracing, not left to a run-time branch."""
+  model = tiny_models[arch]
+  for name, function in model.tf_functions().items():
+    graph = function.get_concrete_function().graph
+    # (tfc's decoders check their input with tf.debugging asserts, which
+    # are guarded by an If: those are meant.)
+    branches = [op.name for op in graph.get_operations()
+                if op.type in ("If", "StatelessIf", "While", "StatelessWhile")
+                and "AssertGuard" not in op.name]
+    assert not branches, (name, branches)
+
+
+def test_a_composed_model_with_tensor_branches_gets_a_clear_error(photo, monkeypatch):
+  """A codec composed with tfc's own GDN (which branches on tensors) is told
+  what to change, and traces with `autograph = True`."""
+  import tensorflow_compression as tfc
+  from dpc_tf import layers
+  with monkeypatch.context() as patch:
+    patch.setattr(layers, "GDN", tfc.GDN)  # transforms built with tfc.GDN
+    model = dpc_tf.create_model("hyperprior", num_filters=8)
+  assert type(model.analysis_transform._stack[0].activation) is tfc.GDN
+  model.update()
+  with pytest.raises(tf.errors.OperatorNotAllowedInGraphError,
+                     match="dpc_tf.layers.GDN instead of tfc.GDN.*autograph = True"):
+    model.tf_functions()["compress"](photo)
+  model.autograph = True
+  strings = model.tf_functions()["compress"](photo)
+  assert strings["image_shape"].numpy().tolist() == list(photo.shape[:2])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_models_are_fully_built_without_a_forward_pass(arch):
   model = dpc_tf.create_model(arch, **TINY_HPARAMS[arch])
   before = [v.shape for v in model.variables]

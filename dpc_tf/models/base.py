@@ -74,6 +74,12 @@ class CompressionModel(tf.keras.Model):
   tile_above_pixels = 1 << 21  # 1080p (1920x1088 padded) decodes whole.
   synthesis_margin = 2
 
+  # The compression graphs trace without AutoGraph: converting tfc's and
+  # Keras' code with it was most of the time tracing took (~5 s of a first
+  # `dpc compress`). Their code is plain TensorFlow ops; a subclass whose
+  # compression code branches on tensors in Python sets this to True.
+  autograph = False
+
   def __init__(self, num_scales=64, scale_min=0.11, scale_max=256.0,
                lmbdas=None, name=None, **kwargs):
     super().__init__(name=name or self.architecture, **kwargs)
@@ -488,8 +494,8 @@ class CompressionModel(tf.keras.Model):
       # in the graph, from the saved weights alone.
       kernels = layers.compute_inference_kernels(self)
       for key, (function, signature) in functions.items():
-        cache[key] = tf.function(layers.with_inference_kernels(function, kernels),
-                                  input_signature=signature)
+        cache[key] = self._graph_function(
+            layers.with_inference_kernels(function, kernels), signature)
     return cache[name]
 
   @staticmethod
@@ -723,12 +729,32 @@ class CompressionModel(tf.keras.Model):
                                                optional_quality(q))}
 
     return dict(
-        compress=tf.function(compress, input_signature=[image] + quality),
-        decompress=tf.function(decompress,
-                               input_signature=[shape] + spec["strings"] + quality),
-        latents=tf.function(latents_fn, input_signature=[image] + quality),
-        from_latents=tf.function(from_latents,
-                                 input_signature=[spec["latents"], shape] + quality))
+        compress=self._graph_function(compress, [image] + quality),
+        decompress=self._graph_function(
+            decompress, [shape] + spec["strings"] + quality),
+        latents=self._graph_function(latents_fn, [image] + quality),
+        from_latents=self._graph_function(
+            from_latents, [spec["latents"], shape] + quality))
+
+  def _graph_function(self, function, input_signature):
+    """`tf.function(function)`, with AutoGraph only if `self.autograph`."""
+    if self.autograph:
+      return tf.function(function, input_signature=input_signature)
+
+    def plain_ops(*args):
+      try:
+        return function(*args)
+      except tf.errors.OperatorNotAllowedInGraphError as error:
+        raise tf.errors.OperatorNotAllowedInGraphError(
+            f"{type(self).__name__}'s compression graphs trace without "
+            "AutoGraph (CompressionModel.autograph = False), and its code "
+            "uses a tensor as a Python bool or iterable. Use TensorFlow ops "
+            "(tf.cond, tf.where) there, dpc_tf.layers.GDN instead of tfc.GDN, "
+            "or set `autograph = True` on the model class. "
+            f"TensorFlow said: {error}") from error
+
+    return tf.function(plain_ops, input_signature=input_signature,
+                       autograph=False)
 
   # -- For subclasses ----------------------------------------------------------
 
