@@ -115,30 +115,37 @@ def _conv(filters, kernel, *, down=1, up=1, activation=None, use_bias=True,
       kernel_parameter=kernel_parameter, activation=activation, **extra)
 
 
-def compute_inference_kernels(model):
-  """{id(layer): kernel variable} of every RDFT-parameterised convolution.
+class InferenceKernels:
+  """The kernels of RDFT-parameterised convolutions, each computed once.
 
   tfc computes such a layer's kernel from its RDFT parameters (an inverse FFT
   of every filter) at each call: ~40 % of a 192-filter analysis transform's
   time on a Kodak image on 2 cores. Training needs that, as the parameters
-  change at each step; coding does not. The kernels are computed here once,
-  with the same op, so graphs traced by `with_inference_kernels` compute the
-  same values bit for bit. Recompute after the weights change (`update()`
-  does, by dropping the traced graphs). Not tracked, not saved.
+  change at each step; coding does not. Graphs traced by
+  `with_inference_kernels` read a kernel computed here, with the same op, so
+  they compute the same values bit for bit. Each is computed when a graph is
+  first traced through its layer (a one-shot decoder computes no analysis
+  kernels). Make a new one after the weights change (`update()` does, by
+  dropping the traced graphs). Not tracked, not saved.
   """
-  kernels = {}
-  with tf.init_scope():
-    for stack in (m for m in [model, *model.submodules] if isinstance(m, _Stack)):
-      for layer in stack._stack:  # pylint: disable=protected-access
-        if isinstance(layer.kernel_parameter, tfc.RDFTParameter):
-          kernels[id(layer)] = tf.Variable(layer.kernel, trainable=False,
-                                           name=f"{layer.name}_inference_kernel")
-  return kernels
+
+  def __init__(self):
+    self._kernels = {}
+
+  def kernel(self, layer):
+    """`layer`'s kernel as a variable, or None if not RDFT-parameterised."""
+    if not isinstance(layer.kernel_parameter, tfc.RDFTParameter):
+      return None
+    if id(layer) not in self._kernels:
+      with tf.init_scope():  # Computed eagerly, even while tracing.
+        self._kernels[id(layer)] = tf.Variable(
+            layer.kernel, trainable=False, name=f"{layer.name}_inference_kernel")
+    return self._kernels[id(layer)]
 
 
 def with_inference_kernels(function, kernels):
-  """`function`, which when traced uses `kernels` (`compute_inference_kernels`)
-  in the inference calls of every transform instead of computing them."""
+  """`function`, which when traced uses `kernels` (`InferenceKernels`) in
+  the inference calls of every transform instead of computing them."""
 
   def traced_with_inference_kernels(*args):
     previous = getattr(_state, "inference_kernels", None)
@@ -235,7 +242,7 @@ class _Stack(tf.keras.layers.Layer):
       _set_policy(layer, policy)
       # tfc's setter refuses built layers, but `call` reads it at each call.
       layer._use_explicit = explicit  # pylint: disable=protected-access
-      kernel = kernels.get(id(layer)) if kernels else None
+      kernel = kernels.kernel(layer) if kernels else None
       if kernel is None:
         x = layer(x)
         continue

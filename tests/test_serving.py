@@ -103,7 +103,7 @@ def test_exported_and_eager_graphs_take_the_one_set_of_input_specs(tiny_models):
 def test_in_process_graphs_compute_kernels_once_with_the_exported_bits(tiny_models, photo,
                                                                        architecture):
   """Eager callers (dpc_tf.Codec) run graphs that read the transforms' kernels
-  computed once (layers.compute_inference_kernels) rather than an inverse FFT
+  computed once (layers.InferenceKernels) rather than an inverse FFT
   of every filter per call, as the exported functions do: the same bytes and
   pixels, and no IRFFT left in the in-process graphs."""
   model = tiny_models[architecture]

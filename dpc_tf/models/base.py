@@ -490,9 +490,9 @@ class CompressionModel(tf.keras.Model):
                                                    tf.shape(y_hat)[1:3] * 16),
                       [spec["latents"]]))
       # In process, the transforms' kernels are computed once, not per call
-      # (layers.compute_inference_kernels); exported SavedModels compute them
+      # (layers.InferenceKernels); exported SavedModels compute them
       # in the graph, from the saved weights alone.
-      kernels = layers.compute_inference_kernels(self)
+      kernels = layers.InferenceKernels()
       for key, (function, signature) in functions.items():
         cache[key] = self._graph_function(
             layers.with_inference_kernels(function, kernels), signature)
