@@ -7,7 +7,8 @@ importing TensorFlow and dpc_tf, loading the model, the first encode (which
 traces the graph), a second encode, the first decode (traced) and a second
 decode. Variants: the model's compression graphs traced as they ship
 (without AutoGraph, `CompressionModel.autograph = False`) and with AutoGraph
-(`autograph = True`, how they were traced before). Variants alternate within
+(`autograph = True`: the conversion they paid before; the GDN is
+`layers.GDN` in both, so neither graph has a run-time branch). Variants alternate within
 each round, in reversed order every other round; medians over rounds.
 """
 

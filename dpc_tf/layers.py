@@ -99,9 +99,10 @@ class GDN(tfc.GDN):
 
 def _constant_value(parameter):
   """A constant (not trained) parameter as a Python float, else None."""
-  if parameter is None or callable(parameter) or not hasattr(parameter, "numpy"):
+  if parameter is None or callable(parameter):
     return None
-  return float(parameter.numpy())
+  value = tf.get_static_value(parameter)  # Eager or graph constants alike.
+  return None if value is None else float(value)
 
 
 def _conv(filters, kernel, *, down=1, up=1, activation=None, use_bias=True,
@@ -242,7 +243,7 @@ class _Stack(tf.keras.layers.Layer):
       _set_policy(layer, policy)
       # tfc's setter refuses built layers, but `call` reads it at each call.
       layer._use_explicit = explicit  # pylint: disable=protected-access
-      kernel = kernels.kernel(layer) if kernels else None
+      kernel = kernels.kernel(layer) if kernels is not None else None
       if kernel is None:
         x = layer(x)
         continue

@@ -75,8 +75,8 @@ class CompressionModel(tf.keras.Model):
   synthesis_margin = 2
 
   # The compression graphs trace without AutoGraph: converting tfc's and
-  # Keras' code with it was most of the time tracing took (~5 s of a first
-  # `dpc compress`). Their code is plain TensorFlow ops; a subclass whose
+  # Keras' code with it was most of the time tracing took (a first encode
+  # 3.8x as long with it: bench/bench_startup.py). Their code is plain TensorFlow ops; a subclass whose
   # compression code branches on tensors in Python sets this to True.
   autograph = False
 
