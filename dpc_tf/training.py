@@ -12,7 +12,9 @@ public for scripts of your own:
   (bpp/PSNR/MS-SSIM/LPIPS of whole images at each quality vs steps and
   CPU-hours, into a CSV), `RunProgress` (steps run by this process).
 - `init_weights(model, path)`: start from a trained model's weights (e.g. a
-  variable-rate model from a fixed-rate one, or `msssim` from `dpc`).
+  variable-rate model from a fixed-rate one, or `msssim` from `dpc`), or from
+  the latest backup of a run still training; `load_backup(run_dir)` reads
+  that backup as a model ready to compress.
 - Resuming: `train` backs the run up every `checkpoint_every` steps with Keras'
   `BackupAndRestore` in `output_dir/backup`; running the same command again
   after a crash or kill restores weights, optimizer and the epoch/step
@@ -25,7 +27,8 @@ Layout of `output_dir`:
     run_summary.json   steps, final metrics, skipped images, fingerprint
     learning_curve.csv with --curve_glob: metrics vs steps and CPU-hours
     logs/              TensorBoard: train/, validation/, val_images/
-    backup/            while training: the latest backup (deleted at the end)
+    backup/            while training: the latest backup and model.json, the
+                       architecture it holds (deleted at the end)
 """
 
 import dataclasses
@@ -435,19 +438,70 @@ class LearningCurve(tf.keras.callbacks.Callback):
     self.record()
 
 
+BACKUP_MODEL_FILE = "model.json"  # In backup/: the model the backup holds.
+
+
+def _write_backup_model(backup_dir, model):
+  """Records what the backups of `backup_dir` hold, for `load_backup`."""
+  os.makedirs(backup_dir, exist_ok=True)
+  path = os.path.join(backup_dir, BACKUP_MODEL_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump(dict(architecture=model.architecture, config=model.get_config()),
+              f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)
+
+
+def load_backup(run_dir):
+  """(model, optimizer steps) from the latest backup of an unfinished run.
+
+  A snapshot of a run that is still training (or was stopped), ready to
+  compress, e.g. to evaluate it or to start another run from it while it goes
+  on. Raises `TrainingError` if `run_dir` has no backup to read.
+  """
+  backup_dir = os.path.join(os.path.expanduser(os.fspath(run_dir)), "backup")
+  latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+  if latest is None:
+    raise TrainingError(f"{run_dir} has no backup: it has not reached its first "
+                        "--checkpoint_every steps, or it has finished (then "
+                        "use its model/).")
+  try:
+    with open(os.path.join(backup_dir, BACKUP_MODEL_FILE)) as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    raise TrainingError(f"{run_dir}: cannot read what its backup holds ({e}); "
+                        "runs started before dpc_tf wrote backup/model.json "
+                        "need to be resumed once to write it.") from None
+  with layers.weights_to_be_restored():
+    model = registry.create_model(meta["architecture"], **meta["config"])
+  # Every variable of the model must come from the backup; the optimizer's
+  # slots in it are not needed.
+  tf.train.Checkpoint(model=model).read(latest).expect_partial(
+      ).assert_existing_objects_matched()
+  steps = int(tf.train.load_checkpoint(latest).get_tensor(
+      "model/optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
+  model.update()
+  return model, steps
+
+
 def init_weights(model, path):
   """Copies the weights of the saved model at `path` into `model`.
 
   Variables are matched by name and shape: the transforms and priors of the
   same architecture and sizes. Variables `model` has and the source lacks
   (e.g. the gains when a variable-rate model starts from a fixed-rate one)
-  keep their initial values. Returns (copied, left) variable names; raises
-  `TrainingError` if a shape differs or nothing matches.
+  keep their initial values. `path` may also be a run that is still training
+  (or was stopped): its latest backup. Returns (copied, left) variable names;
+  raises `TrainingError` if a shape differs or nothing matches.
   """
-  try:
-    source = saving.load_model(path)
-  except (OSError, ValueError) as e:
-    raise TrainingError(f"--init_from {path}: {e}") from None
+  run_dir = os.path.expanduser(os.fspath(path))
+  if (os.path.isdir(os.path.join(run_dir, "backup"))
+      and not os.path.isdir(os.path.join(run_dir, "model"))):
+    source, _ = load_backup(run_dir)
+  else:
+    try:
+      source = saving.load_model(path)
+    except (OSError, ValueError) as e:
+      raise TrainingError(f"--init_from {path}: {e}") from None
   # By class: a model saved under an old name (registry.ALIASES) fits too.
   if type(source) is not type(model):
     raise TrainingError(f"--init_from {path} is a {source.architecture!r} model; "
@@ -725,6 +779,8 @@ def train(config):
   if slow:
     logging.warning("%s", slow)
 
+  if chief:
+    _write_backup_model(backup_dir, model)
   resumed = backup_state(backup_dir)
   if resumed:
     epoch, step = resumed
@@ -797,6 +853,10 @@ def train(config):
   if chief:
     with open(os.path.join(output_dir, "run_summary.json"), "w") as f:
       json.dump(summary, f, indent=2, sort_keys=True)
+    try:
+      os.remove(os.path.join(backup_dir, BACKUP_MODEL_FILE))
+    except FileNotFoundError:
+      pass
     _remove_empty_tree(backup_dir)
     logging.info("Saved the model in %s.", model_dir)
   return summary

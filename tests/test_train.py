@@ -243,6 +243,23 @@ def test_a_killed_run_resumes_where_its_last_backup_left_off(photos, tmp_path):
   done = epoch * steps_per_epoch + step + 1
   assert 0 < done < steps_per_epoch * epochs
 
+  # The unfinished run is a model already: to evaluate, or to start another
+  # run from while it goes on (--init_from).
+  snapshot, steps = training.load_backup(output_dir)
+  assert steps == done
+  image = np.asarray(Image.open(os.path.join(photos, "coffee.png")))[:64, :64]
+  coded = snapshot.compress_image(image)
+  decoded = snapshot.decompress_image(
+      coded["image_shape"], *(coded[name] for name in snapshot.string_names))
+  assert decoded.shape == image.shape
+  other = dpc_tf.create_model("factorized", num_filters=8)
+  before = [v.numpy() for v in other.trainable_variables]
+  copied, left = training.init_weights(other, str(output_dir))
+  assert len(copied) == len(before) and not left
+  for mine, theirs in zip(other.trainable_variables, snapshot.trainable_variables):
+    np.testing.assert_array_equal(mine, theirs)
+  assert any(np.any(b != v.numpy()) for b, v in zip(before, other.trainable_variables))
+
   code, output = run(args)
   assert code == 0, output[-4000:]
   assert "Resuming from the backup" in output
@@ -254,6 +271,8 @@ def test_a_killed_run_resumes_where_its_last_backup_left_off(photos, tmp_path):
   # The optimizer's step counter was restored too: the run is whole.
   assert summary["optimizer_steps"] == steps_per_epoch * epochs
   dpc_tf.load_model(output_dir / "model")
+  # A finished run leaves no backup behind.
+  assert not (output_dir / "backup").exists()
 
 
 @pytest.mark.slow

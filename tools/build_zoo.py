@@ -41,34 +41,18 @@ def read_flags(run_dir):
 
 def load_run_model(run_dir):
   """(model, optimizer steps, source) from the run's final model or backup."""
-  import tensorflow as tf
   import dpc_tf
-  from dpc_tf import layers
+  from dpc_tf import training
   final = os.path.join(run_dir, "model")
   if os.path.isdir(final):
     with open(os.path.join(run_dir, "run_summary.json")) as f:
       steps = json.load(f)["optimizer_steps"]
     return dpc_tf.load_model(final), steps, "final model"
-  flags = read_flags(run_dir)
-  hparams = {k: int(flags[k]) for k in ("num_filters", "latent_depth",
-                                        "hyperprior_depth", "num_slices")
-             if flags.get(k)}
-  if flags.get("lmbdas"):
-    hparams["lmbdas"] = [float(l) for l in flags["lmbdas"].split(",")]
-  with layers.weights_to_be_restored():
-    model = dpc_tf.create_model(flags["arch"], **hparams)
-  latest = tf.train.latest_checkpoint(os.path.join(run_dir, "backup", "chief"))
-  if latest is None:
-    raise SystemExit(f"{run_dir} has neither model/ nor a backup.")
-  ckpt = tf.train.Checkpoint(model=model)
-  # Every variable of the model must come from the backup (the optimizer's
-  # slots in it are not needed).
-  ckpt.read(latest).expect_partial().assert_existing_objects_matched()
-  reader = tf.train.load_checkpoint(latest)
-  steps = int(reader.get_tensor(
-      "model/optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
-  model.update()
-  return model, steps, f"backup {os.path.basename(latest)}"
+  try:
+    model, steps = training.load_backup(run_dir)
+  except training.TrainingError as e:
+    raise SystemExit(str(e)) from None
+  return model, steps, "backup"
 
 
 def learning_curve(run_dir):

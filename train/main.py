@@ -82,10 +82,12 @@ flags.DEFINE_list("lr_boundaries", [], "step: the steps at which to decay.")
 flags.DEFINE_float("lr_decay_factor", 0.1, "step: factor applied at each boundary.")
 flags.DEFINE_integer("seed", None, "Seed of weights, crops and shuffles.")
 flags.DEFINE_string("init_from", None,
-                    "Start from this saved model's weights (a model directory "
-                    "or a dpc-train output directory), e.g. a variable-rate "
-                    "model from a fixed-rate one, or msssim fine-tuning from "
-                    "dpc. Ignored when the run resumes from its backup.")
+                    "Start from this saved model's weights (a model directory, "
+                    "zoo:NAME, or a dpc-train output directory: its model, or "
+                    "its latest backup while it still trains), e.g. a "
+                    "variable-rate model from a fixed-rate one, or msssim "
+                    "fine-tuning from dpc. Ignored when the run resumes from "
+                    "its backup.")
 flags.DEFINE_enum("precision_policy", "float32", ["float32", "mixed_bfloat16"],
                   "mixed_bfloat16: the transforms' convolutions compute in "
                   "bfloat16 in training steps (variables, entropy models, rate "
