@@ -357,20 +357,29 @@ class LearningCurve(tf.keras.callbacks.Callback):
   per quality: step, cpu_hours, quality, bpp (estimated by the entropy
   model, within ~1 % of the coded rate), psnr, msssim, msssim_db and lpips
   (if an `lpips` metric is given), averaged over the images. CPU-hours are
-  this process's user+system time, added to the last row's when a run
-  resumes, so the curve spans sessions.
+  this process's user+system time, added to the earlier sessions' when a
+  run resumes, so the curve spans sessions: with `backup_dir`, the time is
+  written there at every `backup_every` optimizer steps (the backups'
+  steps) and a resumed run starts from the time at its backup; otherwise,
+  or if that record is not at the backup's step, from the last row's (which
+  leaves out the time from that row to the backup).
   """
 
   FIELDS = ("step", "cpu_hours", "quality", "bpp", "psnr", "msssim",
             "msssim_db", "lpips")
+  CLOCK_FILE = "cpu_hours.json"
 
-  def __init__(self, images, path, every, qualities=(None,), lpips=None):
+  def __init__(self, images, path, every, qualities=(None,), lpips=None,
+               backup_dir=None, backup_every=None):
     super().__init__()
     self.images = list(images)
     self.path = path
     self.every = int(every)
     self.qualities = list(qualities)
     self.lpips = lpips
+    self.clock_path = (os.path.join(backup_dir, self.CLOCK_FILE)
+                       if backup_dir and backup_every else None)
+    self.backup_every = int(backup_every or 0)
     self._cpu_offset = 0.0
     self._last_step = None
     if os.path.exists(path):
@@ -430,8 +439,31 @@ class LearningCurve(tf.keras.callbacks.Callback):
                      + (f" lpips {r['lpips']:.3f}" if "lpips" in r else "")
                      for r in rows))
 
+  def on_train_begin(self, logs=None):
+    # BackupAndRestore, earlier in the callbacks, has restored the step.
+    if not (self.clock_path and os.path.exists(self.clock_path)):
+      return
+    try:
+      with open(self.clock_path) as f:
+        clock = json.load(f)
+      step, cpu_hours = int(clock["step"]), float(clock["cpu_hours"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      logging.warning("Ignored %s (%s): CPU-hours continue from the learning "
+                      "curve's last row.", self.clock_path, e)
+      return
+    if step == int(self.model.optimizer.iterations.numpy()):
+      self._cpu_offset = cpu_hours
+      self._cpu_start = self._cpu_seconds()
+
   def on_train_batch_end(self, batch, logs=None):
-    if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
+    step = int(self.model.optimizer.iterations.numpy())
+    if self.clock_path and step % self.backup_every == 0:
+      os.makedirs(os.path.dirname(self.clock_path), exist_ok=True)
+      partial = self.clock_path + ".partial"
+      with open(partial, "w") as f:
+        json.dump(dict(step=step, cpu_hours=self.cpu_hours()), f)
+      os.replace(partial, self.clock_path)
+    if step % self.every == 0:
       self.record()
 
   def on_train_end(self, logs=None):
@@ -475,10 +507,18 @@ def load_backup(run_dir):
     model = registry.create_model(meta["architecture"], **meta["config"])
   # Every variable of the model must come from the backup; the optimizer's
   # slots in it are not needed.
-  tf.train.Checkpoint(model=model).read(latest).expect_partial(
-      ).assert_existing_objects_matched()
-  steps = int(tf.train.load_checkpoint(latest).get_tensor(
-      "model/optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
+  try:
+    tf.train.Checkpoint(model=model).read(latest).expect_partial(
+        ).assert_existing_objects_matched()
+    steps = int(tf.train.load_checkpoint(latest).get_tensor(
+        "model/optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    # E.g. backup/model.json left by an earlier run with other sizes, or a
+    # backup cut short by a full disk: name the files, not TF's internals.
+    raise TrainingError(
+        f"{run_dir}: the backup {latest} does not hold the "
+        f"{meta['architecture']!r} model that {BACKUP_MODEL_FILE} describes "
+        f"({meta['config']}): {str(e).splitlines()[0][:300]}") from None
   model.update()
   return model, steps
 
@@ -818,7 +858,8 @@ def train(config):
         [im[:im.shape[0] // 16 * 16, :im.shape[1] // 16 * 16]
          for im in curve_images[:config.curve_images]],
         os.path.join(output_dir, "learning_curve.csv"), config.curve_every,
-        qualities=qualities, lpips=lpips))
+        qualities=qualities, lpips=lpips, backup_dir=backup_dir,
+        backup_every=config.checkpoint_every or config.steps_per_epoch))
 
   model.fit(tf.keras.utils.experimental.DatasetCreator(dataset_fn),
             epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
@@ -853,10 +894,11 @@ def train(config):
   if chief:
     with open(os.path.join(output_dir, "run_summary.json"), "w") as f:
       json.dump(summary, f, indent=2, sort_keys=True)
-    try:
-      os.remove(os.path.join(backup_dir, BACKUP_MODEL_FILE))
-    except FileNotFoundError:
-      pass
+    for name in (BACKUP_MODEL_FILE, LearningCurve.CLOCK_FILE):
+      try:
+        os.remove(os.path.join(backup_dir, name))
+      except FileNotFoundError:
+        pass
     _remove_empty_tree(backup_dir)
     logging.info("Saved the model in %s.", model_dir)
   return summary

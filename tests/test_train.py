@@ -108,6 +108,44 @@ def test_terminate_on_non_finite_checks_the_weights_before_backups():
     callback.on_train_batch_end(2, {"loss": 0.4})
 
 
+def test_learning_curve_cpu_hours_resume_from_the_backups_step(tmp_path):
+  class Optimizer:
+    iterations = tf.Variable(0, dtype=tf.int64)
+
+  class Model:
+    optimizer = Optimizer()
+
+  def curve():
+    # No images: only the clock runs.
+    callback = training.LearningCurve(
+        [], str(tmp_path / "learning_curve.csv"), every=100,
+        backup_dir=str(tmp_path / "backup"), backup_every=5)
+    callback.set_model(Model())
+    return callback
+
+  first = curve()
+  first.on_train_begin()
+  first._cpu_offset = 2.0  # As if this session had already trained 2 hours.
+  for step in range(1, 13):
+    Optimizer.iterations.assign(step)
+    first.on_train_batch_end(step - 1)
+  clock = json.loads((tmp_path / "backup" / "cpu_hours.json").read_text())
+  assert clock["step"] == 10 and 2.0 <= clock["cpu_hours"] < 2.1
+
+  # Killed after step 12; resumed from the backup at step 10: the time up to
+  # there counts (the learning curve has no row to continue from).
+  Optimizer.iterations.assign(10)
+  resumed = curve()
+  resumed.on_train_begin()
+  assert clock["cpu_hours"] <= resumed.cpu_hours() < clock["cpu_hours"] + 0.1
+  # A clock from another step (the backup was written, its clock not) is
+  # not taken.
+  Optimizer.iterations.assign(15)
+  other = curve()
+  other.on_train_begin()
+  assert other.cpu_hours() < 0.1
+
+
 def test_flags_make_the_config_and_flags_txt_reruns_it(tmp_path):
   from absl import flags
   from train import main as train_main
@@ -259,6 +297,16 @@ def test_a_killed_run_resumes_where_its_last_backup_left_off(photos, tmp_path):
   for mine, theirs in zip(other.trainable_variables, snapshot.trainable_variables):
     np.testing.assert_array_equal(mine, theirs)
   assert any(np.any(b != v.numpy()) for b, v in zip(before, other.trainable_variables))
+  # A record that does not match the backup (e.g. left by an earlier run
+  # with other sizes) is a clear error naming the run, not TF's internals.
+  record = output_dir / "backup" / training.BACKUP_MODEL_FILE
+  kept = record.read_text()
+  meta = json.loads(kept)
+  meta["config"]["num_filters"] = 16
+  record.write_text(json.dumps(meta))
+  with pytest.raises(training.TrainingError, match="does not hold the 'factorized'"):
+    training.load_backup(output_dir)
+  record.write_text(kept)
 
   code, output = run(args)
   assert code == 0, output[-4000:]

@@ -55,6 +55,19 @@ def load_run_model(run_dir):
   return model, steps, "backup"
 
 
+def learning_rate_schedule(flags):
+  """The run's schedule as its flags give it (a resumed run may change it)."""
+  schedule = flags.get("lr_schedule") or "constant"
+  if schedule == "step":
+    return dict(schedule=schedule, boundaries=[
+        int(b) for b in flags.get("lr_boundaries", "").split(",") if b],
+                decay_factor=float(flags.get("lr_decay_factor", 0.1)))
+  if schedule == "cosine":
+    return dict(schedule=schedule, decay_steps=flags.get("lr_decay_steps") or None,
+                final_fraction=float(flags.get("lr_final_fraction", 0.01)))
+  return dict(schedule=schedule)
+
+
 def learning_curve(run_dir):
   path = os.path.join(run_dir, "learning_curve.csv")
   if not os.path.exists(path):
@@ -138,6 +151,7 @@ def main():
                     patch_size=int(flags.get("patch_size", 0)),
                     batch_size=int(flags.get("batch_size", 0)),
                     learning_rate=float(flags.get("learning_rate", 0)),
+                    learning_rate_schedule=learning_rate_schedule(flags),
                     init_from=args.init_from,
                     cpu_hours=(curve[-1]["cpu_hours"] if curve else None),
                     hardware="2 CPU cores (x86-64, AVX-512), no GPU"),
