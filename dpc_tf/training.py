@@ -50,6 +50,7 @@ import perceptual
 from perceptual import losses
 from perceptual import lpips_weights
 from dpc_tf import data
+from dpc_tf import files
 from dpc_tf import layers
 from dpc_tf import metrics
 from dpc_tf import precision
@@ -459,10 +460,9 @@ class LearningCurve(tf.keras.callbacks.Callback):
     step = int(self.model.optimizer.iterations.numpy())
     if self.clock_path and step % self.backup_every == 0:
       os.makedirs(os.path.dirname(self.clock_path), exist_ok=True)
-      partial = self.clock_path + ".partial"
-      with open(partial, "w") as f:
-        json.dump(dict(step=step, cpu_hours=self.cpu_hours()), f)
-      os.replace(partial, self.clock_path)
+      clock = json.dumps(dict(step=step, cpu_hours=self.cpu_hours()))
+      files.write_atomic(self.clock_path, lambda f: f.write(clock.encode()),
+                         overwrite=True)
     if step % self.every == 0:
       self.record()
 
@@ -476,11 +476,10 @@ BACKUP_MODEL_FILE = "model.json"  # In backup/: the model the backup holds.
 def _write_backup_model(backup_dir, model):
   """Records what the backups of `backup_dir` hold, for `load_backup`."""
   os.makedirs(backup_dir, exist_ok=True)
-  path = os.path.join(backup_dir, BACKUP_MODEL_FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump(dict(architecture=model.architecture, config=model.get_config()),
-              f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  record = json.dumps(dict(architecture=model.architecture,
+                           config=model.get_config()), indent=2, sort_keys=True)
+  files.write_atomic(os.path.join(backup_dir, BACKUP_MODEL_FILE),
+                     lambda f: f.write(record.encode()), overwrite=True)
 
 
 def load_backup(run_dir):
