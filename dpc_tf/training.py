@@ -25,6 +25,8 @@ Layout of `output_dir`:
     model/             the trained model (dpc_tf.save_model: model.json + weights)
     flags.txt          the program's flags (reusable: --flagfile=flags.txt)
     run_summary.json   steps, final metrics, skipped images, fingerprint
+    init_from.json     with --init_from: what the run started from (its
+                       fingerprint, and its model card if it is a zoo model)
     learning_curve.csv with --curve_glob: metrics vs steps and CPU-hours
     logs/              TensorBoard: train/, validation/, val_images/
     backup/            while training: the latest backup and model.json, the
@@ -532,15 +534,25 @@ def init_weights(model, path):
   (or was stopped): its latest backup. Returns (copied, left) variable names;
   raises `TrainingError` if a shape differs or nothing matches.
   """
+  return copy_weights(load_init_source(path), model, path)
+
+
+def load_init_source(path):
+  """The model `init_weights` copies from: a saved model, `zoo:NAME`, or a
+  run's final model or latest backup."""
   run_dir = os.path.expanduser(os.fspath(path))
   if (os.path.isdir(os.path.join(run_dir, "backup"))
       and not os.path.isdir(os.path.join(run_dir, "model"))):
     source, _ = load_backup(run_dir)
-  else:
-    try:
-      source = saving.load_model(path)
-    except (OSError, ValueError) as e:
-      raise TrainingError(f"--init_from {path}: {e}") from None
+    return source
+  try:
+    return saving.load_model(path)
+  except (OSError, ValueError) as e:
+    raise TrainingError(f"--init_from {path}: {e}") from None
+
+
+def copy_weights(source, model, path):
+  """`init_weights` with the source loaded (`path` names it in errors)."""
   # By class: a model saved under an old name (registry.ALIASES) fits too.
   if type(source) is not type(model):
     raise TrainingError(f"--init_from {path} is a {source.architecture!r} model; "
@@ -561,6 +573,44 @@ def init_weights(model, path):
   if not copied:
     raise TrainingError(f"--init_from {path}: no variable matches this model.")
   return copied, left
+
+
+INIT_FROM_FILE = "init_from.json"
+
+
+def write_init_record(run_dir, path, source):
+  """Keeps in `run_dir` what the run started from: `path`, the source's
+  fingerprint and, for a zoo model, its model card.
+
+  A run that continues a zoo model (a new session fine-tuning `zoo:dpc` when
+  the last session's backups are gone) needs the card it started from to
+  build the next one: tools/build_zoo.py adds up the steps, CPU-hours and
+  learning curves. The card in the package is overwritten by that build, so
+  the run keeps its own copy from the start.
+  """
+  card = None
+  try:
+    _, directory = files.resolve_model(path, saved_model=False)
+    card_path = os.path.join(directory, "card.json")
+    if os.path.isfile(card_path):
+      with open(card_path) as f:
+        card = json.load(f)
+  except files.ModelFileError:
+    pass  # A run's backup: it has no card.
+  record = json.dumps(dict(init_from=os.fspath(path),
+                           fingerprint=saving.fingerprint(source), card=card),
+                      indent=2, sort_keys=True)
+  files.write_atomic(os.path.join(run_dir, INIT_FROM_FILE),
+                     lambda f: f.write(record.encode()), overwrite=True)
+
+
+def read_init_record(run_dir):
+  """What `write_init_record` kept in `run_dir`, or None."""
+  path = os.path.join(run_dir, INIT_FROM_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 # -- Backups -----------------------------------------------------------------
@@ -826,7 +876,10 @@ def train(config):
     logging.info("Resuming from the backup in %s (epoch %d, after step %d).",
                  backup_dir, epoch + 1, step + 1)
   elif config.init_from:
-    copied, left = init_weights(model, config.init_from)
+    source = load_init_source(config.init_from)
+    copied, left = copy_weights(source, model, config.init_from)
+    if chief:
+      write_init_record(output_dir, config.init_from, source)
     logging.info("Started from %s: %d variables copied; %d new (%s).",
                  config.init_from, len(copied), len(left),
                  ", ".join(left[:6]) + (" ..." if len(left) > 6 else ""))

@@ -14,7 +14,7 @@ from PIL import Image
 
 import dpc_tf
 import perceptual
-from dpc_tf import data, training
+from dpc_tf import data, saving, training
 from perceptual import lpips_weights
 from perceptual import testing as lpips_testing
 import support
@@ -380,6 +380,10 @@ def test_variable_rate_run_from_a_fixed_rate_one_with_a_learning_curve(
   code, output = run(args)
   assert code == 0, output[-3000:]
   assert "variables copied; 4 new" in output
+  # What it started from stays beside the run (no card: not a zoo model).
+  record = training.read_init_record(run_dir)
+  assert record["init_from"] == str(base) and record["card"] is None
+  assert record["fingerprint"] == saving.fingerprint(dpc_tf.load_model(base))
   model = dpc_tf.load_model(run_dir)
   assert model.lmbdas == (0.002, 0.02, 0.2)
   with open(run_dir / "learning_curve.csv") as f:

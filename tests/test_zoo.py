@@ -8,6 +8,7 @@ import pytest
 
 import dpc_tf
 from dpc_tf import zoo
+from dpc_tf.zoo import cards
 
 KODAK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                      "..", "shared", "data", "kodak")
@@ -85,3 +86,54 @@ def test_eval_takes_zoo_models_at_chosen_qualities():
   assert codec.settings == ["zoo:dpc@1", "zoo:dpc@2.5"]
   with pytest.raises(ValueError, match="No zoo model 'nothing'"):
     eval_cli.build_codecs("none", [], ["x=zoo:nothing@1"])
+
+
+def _curve(steps, hours, lpips):
+  return [dict(step=float(s), cpu_hours=h, quality=float(q), bpp=0.1 * q,
+               psnr=20.0 + q, msssim=0.9, msssim_db=10.0 + q, lpips=l / q)
+          for s, h, l in zip(steps, hours, lpips) for q in (1, 2, 3)]
+
+
+def test_a_run_that_continues_an_entry_carries_its_history():
+  # A new session fine-tunes zoo:dpc from its shipped weights: the card goes
+  # on counting steps and CPU-hours, and its progress spans the join.
+  previous = dict(name="dpc", learning_curve=_curve([500, 1000], [0.5, 1.0], [0.4, 0.3]),
+                  training=dict(steps=1000, cpu_hours=1.0, learning_rate=2e-4,
+                                init_from="the mse run at step 100",
+                                learning_rate_schedule=dict(schedule="step",
+                                                            boundaries=[600],
+                                                            decay_factor=0.1)))
+  flags = dict(learning_rate="2e-4", lr_schedule="step", lr_boundaries="300",
+               lr_decay_factor="0.1")
+  training, curve = cards.continue_history(
+      previous, 400, flags, _curve([200, 400], [0.2, 0.4], [0.25, 0.2]), "abc")
+  assert training["steps"] == 1400 and training["cpu_hours"] == pytest.approx(1.4)
+  assert training["init_from"] == "the mse run at step 100"
+  assert training["learning_rate_schedule"]["boundaries"] == [1300]
+  assert [p["steps"] for p in training["phases"]] == [[0, 1000], [1000, 1400]]
+  assert "fingerprint abc" in training["phases"][1]["init_from"]
+  assert sorted({int(r["step"]) for r in curve}) == [500, 1000, 1200, 1400]
+  progress = cards.curve_progress(curve)
+  assert [(p["from_step"], p["to_step"]) for p in progress] == [
+      (500, 1000), (1000, 1200), (1200, 1400)]
+  assert progress[1]["cpu_hours"] == pytest.approx(0.2)
+  assert progress[1]["bd_rate"]["lpips"] < 0  # 0.3 -> 0.25 at equal bpp: better.
+  card = dict(name="dpc", architecture="a", config={"b": 1, "a": 2},
+              distortion="mse", fingerprint="f", training=dict(
+                  training, batch_size=8, patch_size=128, hardware="h", data="d"),
+              learning_curve=curve, learning_progress=progress)
+  text = cards.card_markdown(card)
+  assert "- steps 1000–1400: learning rate 0.0002, ×0.1 at step 1300" in text
+  assert "(a=2, b=1)" in text
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_card_readme_is_its_card(name):
+  # The README is rendered from card.json, whatever order the JSON keeps.
+  card = zoo.model_card(name)
+  with open(os.path.join(zoo.model_dir(name), "README.md")) as f:
+    assert f.read() == cards.card_markdown(card)
+  card["config"] = dict(reversed(list(card["config"].items())))
+  card["kodak"]["bd_rate"] = dict(reversed(list(card["kodak"]["bd_rate"].items())))
+  with open(os.path.join(zoo.model_dir(name), "README.md")) as f:
+    assert f.read() == cards.card_markdown(card)
