@@ -36,6 +36,12 @@ def test_learning_rate_schedules():
   step = training.learning_rate_schedule("step", 1.0, boundaries=["10", "20"],
                                          decay_factor=0.5)
   assert [float(step(s)) for s in (0, 10, 11, 20, 21)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+  warm = training.learning_rate_schedule("step", 1.0, boundaries=[10],
+                                         decay_factor=0.5, warmup_steps=4)
+  assert [float(warm(s)) for s in (0, 1, 3, 10, 11)] == [0.25, 0.5, 1.0, 1.0, 0.5]
+  assert training.LinearWarmup.from_config(warm.get_config())(1) == 0.5
+  constant = training.learning_rate_schedule("constant", 2.0, warmup_steps=2)
+  assert [float(constant(s)) for s in (0, 1, 5)] == [1.0, 2.0, 2.0]
   with pytest.raises(training.TrainingError, match="increasing"):
     training.learning_rate_schedule("step", 1.0, boundaries=[20, 10])
   with pytest.raises(training.TrainingError, match="Unknown"):

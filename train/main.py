@@ -80,6 +80,10 @@ flags.DEFINE_float("lr_final_fraction", 0.01,
                    "cosine: final learning rate as a fraction of the initial one.")
 flags.DEFINE_list("lr_boundaries", [], "step: the steps at which to decay.")
 flags.DEFINE_float("lr_decay_factor", 0.1, "step: factor applied at each boundary.")
+flags.DEFINE_integer("lr_warmup_steps", 0,
+                     "Ramp the learning rate up linearly over this many steps "
+                     "first: for a run that starts from trained weights "
+                     "(--init_from) with a fresh optimizer.")
 flags.DEFINE_integer("seed", None, "Seed of weights, crops and shuffles.")
 flags.DEFINE_string("init_from", None,
                     "Start from this saved model's weights (a model directory, "
