@@ -143,6 +143,7 @@ def is_chief(strategy):
 # -- Learning rate -------------------------------------------------------------
 
 
+@tf.keras.utils.register_keras_serializable(package="dpc_tf")
 class LinearWarmup(tf.keras.optimizers.schedules.LearningRateSchedule):
   """`schedule` (a schedule or a number) ramped up linearly over the first
   `warmup_steps` steps: at step s, (s + 1) / warmup_steps of it.

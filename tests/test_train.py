@@ -40,6 +40,10 @@ def test_learning_rate_schedules():
                                          decay_factor=0.5, warmup_steps=4)
   assert [float(warm(s)) for s in (0, 1, 3, 10, 11)] == [0.25, 0.5, 1.0, 1.0, 0.5]
   assert training.LinearWarmup.from_config(warm.get_config())(1) == 0.5
+  # Keras can save it with an optimizer.
+  again = tf.keras.optimizers.schedules.deserialize(
+      tf.keras.optimizers.schedules.serialize(warm))
+  assert float(again(11)) == 0.5
   constant = training.learning_rate_schedule("constant", 2.0, warmup_steps=2)
   assert [float(constant(s)) for s in (0, 1, 5)] == [1.0, 2.0, 2.0]
   with pytest.raises(training.TrainingError, match="increasing"):
