@@ -137,3 +137,33 @@ def test_each_card_readme_is_its_card(name):
   card["kodak"]["bd_rate"] = dict(reversed(list(card["kodak"]["bd_rate"].items())))
   with open(os.path.join(zoo.model_dir(name), "README.md")) as f:
     assert f.read() == cards.card_markdown(card)
+
+
+RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "tools", "zoo_runs")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_entry_has_a_flagfile_that_continues_it(name):
+  # tools/zoo_runs/NAME.txt trains NAME on from its shipped weights: it must
+  # build the card's model with the card's loss, or the build would not fit.
+  from absl import flags
+  from train import main as train_main
+  card = zoo.model_card(name)
+  try:
+    flags.FLAGS(["dpc-train", f"--flagfile={os.path.join(RECIPES, name + '.txt')}",
+                 "--output_dir=unused"])
+    config = train_main.config_from_flags()
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert config.init_from == f"zoo:{name}"
+  assert config.arch == card["architecture"]
+  assert config.distortion == card["distortion"]
+  assert [float(l) for l in config.lmbdas] == card["config"]["lmbdas"]
+  for key in ("num_filters", "latent_depth", "hyperprior_depth"):
+    assert getattr(config, key) == card["config"][key], key
+  assert (config.patch_size, config.batch_size) == (
+      card["training"]["patch_size"], card["training"]["batch_size"])
+  if card["alpha"]:
+    assert config.alpha == float(card["alpha"])
+  assert config.learning_rate > 0 and config.curve_glob
