@@ -58,6 +58,7 @@ from dpc_tf import layers
 from dpc_tf import metrics
 from dpc_tf import precision
 from dpc_tf import saving
+from dpc_tf import zoo
 from dpc_tf.models import registry
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -642,7 +643,7 @@ def write_init_record(run_dir, path, source):
   card = None
   try:
     _, directory = files.resolve_model(path, saved_model=False)
-    card_path = os.path.join(directory, "card.json")
+    card_path = os.path.join(directory, zoo.CARD_FILE)
     if os.path.isfile(card_path):
       with open(card_path) as f:
         card = json.load(f)

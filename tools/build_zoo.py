@@ -83,14 +83,12 @@ def main():
   args = parser.parse_args()
 
   import dpc_tf
-  from dpc_tf import saving, zoo
+  from dpc_tf import saving, training as train_lib, zoo
   from dpc_tf.zoo.cards import (ANCHORS, card_markdown, continue_history,
                                 curve_progress, learning_rate_schedule)
   from dpc_tf.evaluation import cli as eval_cli, report
   from dpc_tf.evaluation.metrics import Metrics
   from dpc_tf.evaluation.runner import evaluate, read_points
-
-  from dpc_tf import training as train_lib
 
   model, steps, source = load_run_model(args.run)
   # Read before the build overwrites the entry: the card a continued run

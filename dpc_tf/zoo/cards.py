@@ -21,13 +21,18 @@ def learning_rate_schedule(flags):
   """The run's schedule as its flags give it (a resumed run may change it)."""
   schedule = flags.get("lr_schedule") or "constant"
   if schedule == "step":
-    return dict(schedule=schedule, boundaries=[
+    result = dict(schedule=schedule, boundaries=[
         int(b) for b in flags.get("lr_boundaries", "").split(",") if b],
-                decay_factor=float(flags.get("lr_decay_factor", 0.1)))
-  if schedule == "cosine":
-    return dict(schedule=schedule, decay_steps=flags.get("lr_decay_steps") or None,
-                final_fraction=float(flags.get("lr_final_fraction", 0.01)))
-  return dict(schedule=schedule)
+                  decay_factor=float(flags.get("lr_decay_factor", 0.1)))
+  elif schedule == "cosine":
+    result = dict(schedule=schedule, decay_steps=flags.get("lr_decay_steps") or None,
+                  final_fraction=float(flags.get("lr_final_fraction", 0.01)))
+  else:
+    result = dict(schedule=schedule)
+  warmup = int(flags.get("lr_warmup_steps") or 0)
+  if warmup:
+    result["warmup_steps"] = warmup
+  return result
 
 
 CURVE_METRICS = (("psnr", True), ("msssim_db", True), ("lpips", False))
@@ -178,6 +183,8 @@ def card_markdown(card):
 def _schedule_text(phase):
   schedule = phase.get("learning_rate_schedule") or {}
   text = f"learning rate {phase['learning_rate']:g}"
+  if schedule.get("warmup_steps"):
+    text += f" after a {schedule['warmup_steps']}-step linear warmup"
   if schedule.get("schedule") == "step" and schedule.get("boundaries"):
     text += (f", ×{schedule['decay_factor']:g} at step "
              + ", ".join(str(b) for b in schedule["boundaries"]))
