@@ -645,10 +645,14 @@ def write_init_record(run_dir, path, source):
     _, directory = files.resolve_model(path, saved_model=False)
     card_path = os.path.join(directory, zoo.CARD_FILE)
     if os.path.isfile(card_path):
-      with open(card_path) as f:
-        card = json.load(f)
+      card = zoo.read_card(card_path)
   except files.ModelFileError:
     pass  # A run's backup: it has no card.
+  except zoo.ZooError as e:
+    # Its card is what the next build continues; a run that cannot keep it
+    # would end unable to build, so it stops before its first step.
+    raise TrainingError(f"--init_from={path}: {e} Restore the card (or "
+                        "reinstall dpc_tf for a zoo model).") from None
   record = json.dumps(dict(init_from=os.fspath(path),
                            fingerprint=saving.fingerprint(source), card=card),
                       indent=2, sort_keys=True)

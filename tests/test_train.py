@@ -183,6 +183,27 @@ def test_flags_make_the_config_and_flags_txt_reruns_it(tmp_path):
 # -- The program (slow: separate processes) ------------------------------------
 
 
+def test_init_record_keeps_the_sources_card_and_names_an_unreadable_one(
+    tiny_models, tmp_path):
+  model = tiny_models["factorized"]
+  source = tmp_path / "source"
+  dpc_tf.save_model(model, source)
+  (source / "card.json").write_text('{"name": "tiny", "steps": 5}')
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  training.write_init_record(run_dir, source, model)
+  record = training.read_init_record(run_dir)
+  assert record["card"] == {"name": "tiny", "steps": 5}
+  assert record["fingerprint"] == saving.fingerprint(model)
+  # A damaged card stops the run before training (its next build would need
+  # it) with an error naming the file, not a JSON traceback.
+  (source / "card.json").write_text('{"name": ')
+  with pytest.raises(training.TrainingError,
+                     match=r"source.card\.json is unreadable"):
+    training.write_init_record(run_dir, source, model)
+  assert training.read_init_record(run_dir)["card"]["steps"] == 5
+
+
 def start(args, env=None):
   return support.start_python(["-m", "train"] + args, env=env)
 

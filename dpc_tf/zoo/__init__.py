@@ -47,12 +47,19 @@ def model_dir(name):
 
 def model_card(name):
   """The model card of zoo model `name` (a dict; see the module doc)."""
-  path = os.path.join(model_dir(name), CARD_FILE)
+  return read_card(os.path.join(model_dir(name), CARD_FILE))
+
+
+def read_card(path):
+  """The model card in file `path`; `ZooError` naming it if unreadable."""
   try:
     with open(path) as f:
-      return json.load(f)
+      card = json.load(f)
   except (OSError, ValueError) as e:
     raise ZooError(f"The model card {path} is unreadable: {e}") from None
+  if not isinstance(card, dict):
+    raise ZooError(f"The model card {path} is not a JSON object.")
+  return card
 
 
 def load_model(name):
