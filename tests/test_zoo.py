@@ -104,7 +104,8 @@ def test_a_run_that_continues_an_entry_carries_its_history():
                                                             boundaries=[600],
                                                             decay_factor=0.1)))
   flags = dict(learning_rate="2e-4", lr_schedule="step", lr_boundaries="300",
-               lr_decay_factor="0.1", lr_warmup_steps="100")
+               lr_decay_factor="0.1", lr_warmup_steps="100",
+               precision_policy="mixed_bfloat16")
   training, curve = cards.continue_history(
       previous, 400, flags, _curve([200, 400], [0.2, 0.4], [0.25, 0.2]), "abc")
   assert training["steps"] == 1400 and training["cpu_hours"] == pytest.approx(1.4)
@@ -125,7 +126,8 @@ def test_a_run_that_continues_an_entry_carries_its_history():
   text = cards.card_markdown(card)
   assert training["learning_rate_schedule"]["warmup_steps"] == 100
   assert ("- steps 1000–1400: learning rate 0.0002 after a 100-step linear "
-          "warmup, ×0.1 at step 1300") in text
+          "warmup, ×0.1 at step 1300, mixed_bfloat16 training") in text
+  assert "- steps 0–1000: learning rate 0.0002, ×0.1 at step 600; from" in text
   assert "(a=2, b=1)" in text
 
 

@@ -88,6 +88,7 @@ def continue_history(previous, steps, flags, curve, fingerprint_before):
   phases.append(dict(
       steps=[offset, offset + steps], learning_rate=float(flags.get("learning_rate", 0)),
       learning_rate_schedule=schedule,
+      precision=flags.get("precision_policy") or "float32",
       init_from=(f"zoo:{previous['name']} at step {offset} (fingerprint "
                  f"{fingerprint_before}), optimizer state started afresh")))
   shifted = [dict(row, step=row["step"] + offset,
@@ -190,6 +191,9 @@ def _schedule_text(phase):
              + ", ".join(str(b) for b in schedule["boundaries"]))
   elif schedule.get("schedule") == "cosine":
     text += ", cosine decay"
+  # Phases from before the card kept a precision were float32.
+  if phase.get("precision", "float32") != "float32":
+    text += f", {phase['precision']} training"
   return text
 
 
