@@ -6,6 +6,8 @@ import csv
 import json
 import math
 import os
+import subprocess
+import sys
 import xml.etree.ElementTree as ElementTree
 
 import numpy as np
@@ -144,6 +146,36 @@ def test_rerun_measures_nothing_new(classical_run, capsys):
     run = json.load(stream)["run"]
   assert run == {**run, "points_measured": 0, "points_reused": 12}
   assert "Points measured in this run: 0" in capsys.readouterr().out
+
+
+def test_a_second_evaluation_into_the_same_folder_is_refused(photos, tmp_path, capsys):
+  # Two runs appending to one points.csv would measure each other's points,
+  # and a rewrite while the other reads loses them: the second is refused,
+  # and the folder is free again once the first process has gone.
+  paths, _ = photos
+  out = str(tmp_path / "out")
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time\n"
+       "from dpc_tf.evaluation import runner\n"
+       "with runner.output_lock(sys.argv[1]):\n"
+       "  print('held', flush=True)\n  time.sleep(120)\n", out],
+      stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    argv = paths[:1] + ["--out", out, "--codecs", "jpeg420", "--settings",
+                        "jpeg420=50", "--no-progress"]
+    assert run_cli(argv) == 2
+    error = capsys.readouterr().err
+    assert f"{out} is in use by another evaluation (process {holder.pid})" in error
+    assert not os.path.exists(os.path.join(out, "points.csv"))
+  finally:
+    holder.kill()
+    holder.wait()
+  assert run_cli(argv) == 0
+  assert len(runner.read_points(os.path.join(out, "points.csv"))) == 1
+  with runner.output_lock(out):  # Re-entrant in one process (tools/build_zoo.py).
+    with runner.output_lock(out):
+      pass
 
 
 def test_resume_after_a_crash_mid_line(photos, tmp_path):

@@ -15,6 +15,7 @@ and the fingerprint.
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -83,12 +84,12 @@ def main():
   args = parser.parse_args()
 
   import dpc_tf
-  from dpc_tf import saving, training as train_lib, zoo
+  from dpc_tf import files, saving, training as train_lib, zoo
   from dpc_tf.zoo.cards import (ANCHORS, card_markdown, continue_history,
                                 curve_progress, learning_rate_schedule)
   from dpc_tf.evaluation import cli as eval_cli, report
   from dpc_tf.evaluation.metrics import Metrics
-  from dpc_tf.evaluation.runner import evaluate, read_points
+  from dpc_tf.evaluation.runner import evaluate, output_lock, read_points
 
   model, steps, source = load_run_model(args.run)
   # Read before the build overwrites the entry: the card a continued run
@@ -143,18 +144,25 @@ def main():
       wanted = args.kodak_images.split(",")
       images = [p for p in images if os.path.basename(p) in wanted]
     codecs = eval_cli.build_codecs(",".join(ANCHORS), [], [f"{args.name}=zoo:{args.name}"])
-    # Points of an older build of this entry are stale: drop them first.
+    # Points of an older build of this entry are stale: drop them first. The
+    # lock keeps a second build (or dpc eval) on the same folder out from the
+    # read to the last point (two builds at once lost the folder's points).
     points_path = os.path.join(args.eval_dir, "points.csv")
-    if os.path.exists(points_path):
-      kept = [p for p in read_points(points_path) if p["codec"] != args.name]
-      with open(points_path) as f:
-        header = f.readline().strip().split(",")
-      with open(points_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, header, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(kept)
-    summary = evaluate(images, codecs, args.eval_dir, metrics=Metrics(),
-                       anchor="jpeg420")
+    with output_lock(args.eval_dir):
+      if os.path.exists(points_path):
+        kept = [p for p in read_points(points_path) if p["codec"] != args.name]
+        with open(points_path) as f:
+          header = f.readline().strip().split(",")
+
+        def write_kept(f):
+          text = io.StringIO(newline="")
+          writer = csv.DictWriter(text, header, extrasaction="ignore")
+          writer.writeheader()
+          writer.writerows(kept)
+          f.write(text.getvalue().encode())
+        files.write_atomic(points_path, write_kept, overwrite=True)
+      summary = evaluate(images, codecs, args.eval_dir, metrics=Metrics(),
+                         anchor="jpeg420")
     rows = summary["rows"]
     metrics = [m for m in ("psnr", "msssim_db", "lpips")
                if any(r.get(m) is not None for r in rows)]

@@ -19,10 +19,16 @@ on one image is reported on stderr and in the summary's failures, and the run
 goes on without it.
 """
 
+import contextlib
 import csv
 import os
 import sys
 import time
+
+try:
+  import fcntl
+except ImportError:  # Windows: no advisory locks; one evaluation per folder is up to the user.
+  fcntl = None
 
 from dpc_tf.evaluation import report
 from dpc_tf.evaluation.metrics import LABELS, METRICS, Metrics
@@ -34,6 +40,48 @@ _INT_COLUMNS = ("width", "height", "num_bytes")
 _FLOAT_COLUMNS = ("bpp", "psnr", "msssim", "msssim_db", "lpips", "encode_ms", "decode_ms")
 
 OUTPUT_FILES = ("points.csv", "summary.json", "summary.csv", "summary.md")
+LOCK_FILE = ".lock"
+_held_locks = set()
+
+
+class OutputBusyError(ValueError):
+  """Another evaluation is writing into the same output directory."""
+
+
+@contextlib.contextmanager
+def output_lock(out_dir):
+  """Lets one evaluation at a time write into `out_dir`.
+
+  Two runs appending to one points.csv would each measure the points the
+  other is measuring, and a rewrite of the file while another run reads it
+  (tools/build_zoo.py drops stale points) loses points. A second run is
+  refused at once with `OutputBusyError`; the lock (an advisory `flock` on
+  `out_dir/.lock`) goes with the process that holds it, even on a crash.
+  Re-entrant within a process.
+  """
+  key = os.path.realpath(out_dir)
+  if fcntl is None or key in _held_locks:
+    yield
+    return
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, LOCK_FILE), "a+") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      raise OutputBusyError(
+          f"{out_dir} is in use by another evaluation ({holder}); wait for it "
+          "to end or write into another output directory.") from None
+    f.truncate(0)
+    f.write(f"process {os.getpid()}")
+    f.flush()
+    _held_locks.add(key)
+    try:
+      yield
+    finally:
+      _held_locks.discard(key)
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class QualityTask:
@@ -206,11 +254,11 @@ def run(task, images, codecs, out_dir, anchor=None, bd_method="akima", max_image
   """Runs `task` on images coded by codecs; writes the report files into `out_dir`.
 
   The arguments are those of `evaluate`, with a task (`QualityTask`,
-  `detection.DetectionTask`) in place of the metrics.
+  `detection.DetectionTask`) in place of the metrics. `OutputBusyError` if
+  another evaluation is writing into `out_dir` (see `output_lock`).
   """
   started = time.perf_counter()
   log = log or sys.stderr
-  program = task.program
   names = [codec.name for codec in codecs]
   if len(set(names)) != len(names):
     raise ValueError(f"Codec names must be unique, got {names}.")
@@ -224,6 +272,13 @@ def run(task, images, codecs, out_dir, anchor=None, bd_method="akima", max_image
     image_paths = image_paths[:max_images]
   if not image_paths:
     raise ValueError("No images to evaluate.")
+  with output_lock(out_dir):
+    return _run(task, image_paths, codecs, out_dir, anchor, bd_method, progress,
+                log, started)
+
+
+def _run(task, image_paths, codecs, out_dir, anchor, bd_method, progress, log, started):
+  program = task.program
   os.makedirs(out_dir, exist_ok=True)
   task.start(out_dir)
   points_path = os.path.join(out_dir, "points.csv")
