@@ -40,7 +40,7 @@ _INT_COLUMNS = ("width", "height", "num_bytes")
 _FLOAT_COLUMNS = ("bpp", "psnr", "msssim", "msssim_db", "lpips", "encode_ms", "decode_ms")
 
 OUTPUT_FILES = ("points.csv", "summary.json", "summary.csv", "summary.md")
-LOCK_FILE = ".lock"
+LOCK_FILE = ".dpc_eval.lock"  # git-ignored; left in place (removing it would race)
 _held_locks = set()
 
 
@@ -56,7 +56,7 @@ def output_lock(out_dir):
   other is measuring, and a rewrite of the file while another run reads it
   (tools/build_zoo.py drops stale points) loses points. A second run is
   refused at once with `OutputBusyError`; the lock (an advisory `flock` on
-  `out_dir/.lock`) goes with the process that holds it, even on a crash.
+  `out_dir/.dpc_eval.lock`) goes with the process that holds it, even on a crash.
   Re-entrant within a process.
   """
   key = os.path.realpath(out_dir)
