@@ -178,6 +178,23 @@ def test_a_second_evaluation_into_the_same_folder_is_refused(photos, tmp_path, c
       pass
 
 
+def test_drop_points_makes_the_next_run_measure_a_codec_again(photos, tmp_path, capsys):
+  paths, _ = photos
+  out = str(tmp_path / "out")
+  argv = paths[:1] + ["--out", out, "--codecs", "jpeg420,jpeg2000", "--settings",
+                      "jpeg420=50", "--settings", "jpeg2000=0.5", "--no-progress"]
+  assert run_cli(argv) == 0
+  points_path = os.path.join(out, "points.csv")
+  before = runner.read_points(points_path)
+  assert runner.drop_points(out, "jpeg2000") == 1
+  assert runner.read_points(points_path) == [p for p in before if p["codec"] == "jpeg420"]
+  assert runner.drop_points(out, "jpeg2000") == 0
+  capsys.readouterr()
+  assert run_cli(argv) == 0
+  assert "Points measured in this run: 1" in capsys.readouterr().out
+  assert runner.read_points(points_path)[0] == before[0]
+
+
 def test_resume_after_a_crash_mid_line(photos, tmp_path):
   paths, _ = photos
   out = str(tmp_path / "out")

@@ -15,7 +15,6 @@ and the fingerprint.
 
 import argparse
 import csv
-import io
 import json
 import os
 import sys
@@ -84,12 +83,13 @@ def main():
   args = parser.parse_args()
 
   import dpc_tf
-  from dpc_tf import files, saving, training as train_lib, zoo
+  from dpc_tf import saving, training as train_lib, zoo
   from dpc_tf.zoo.cards import (ANCHORS, card_markdown, continue_history,
                                 curve_progress, learning_rate_schedule)
   from dpc_tf.evaluation import cli as eval_cli, report
   from dpc_tf.evaluation.metrics import Metrics
-  from dpc_tf.evaluation.runner import evaluate, output_lock, read_points
+  from dpc_tf.evaluation.runner import (drop_points, evaluate, output_lock,
+                                        read_points)
 
   model, steps, source = load_run_model(args.run)
   # Read before the build overwrites the entry: the card a continued run
@@ -146,21 +146,10 @@ def main():
     codecs = eval_cli.build_codecs(",".join(ANCHORS), [], [f"{args.name}=zoo:{args.name}"])
     # Points of an older build of this entry are stale: drop them first. The
     # lock keeps a second build (or dpc eval) on the same folder out from the
-    # read to the last point (two builds at once lost the folder's points).
+    # drop to the last point (two builds at once lost the folder's points).
     points_path = os.path.join(args.eval_dir, "points.csv")
     with output_lock(args.eval_dir):
-      if os.path.exists(points_path):
-        kept = [p for p in read_points(points_path) if p["codec"] != args.name]
-        with open(points_path) as f:
-          header = f.readline().strip().split(",")
-
-        def write_kept(f):
-          text = io.StringIO(newline="")
-          writer = csv.DictWriter(text, header, extrasaction="ignore")
-          writer.writeheader()
-          writer.writerows(kept)
-          f.write(text.getvalue().encode())
-        files.write_atomic(points_path, write_kept, overwrite=True)
+      drop_points(args.eval_dir, args.name)
       summary = evaluate(images, codecs, args.eval_dir, metrics=Metrics(),
                          anchor="jpeg420")
     rows = summary["rows"]

@@ -21,6 +21,7 @@ goes on without it.
 
 import contextlib
 import csv
+import io
 import os
 import sys
 import time
@@ -30,6 +31,7 @@ try:
 except ImportError:  # Windows: no advisory locks; one evaluation per folder is up to the user.
   fcntl = None
 
+from dpc_tf import files
 from dpc_tf.evaluation import report
 from dpc_tf.evaluation.metrics import LABELS, METRICS, Metrics
 from dpc_tf.images import ImageError, read_image
@@ -199,6 +201,28 @@ class _PointWriter:
 
   def close(self):
     self._stream.close()
+
+
+def drop_points(out_dir, codec_name):
+  """Removes codec `codec_name`'s points from `out_dir`/points.csv, so the
+  next run measures them again (a model rebuilt under the same name, as
+  tools/build_zoo.py does); returns how many. The file is replaced whole,
+  under `output_lock`."""
+  path = os.path.join(out_dir, "points.csv")
+  with output_lock(out_dir):
+    points = read_points(path)
+    kept = [p for p in points if p["codec"] != codec_name]
+    if len(kept) == len(points):
+      return 0
+
+    def write(stream):
+      text = io.StringIO(newline="")
+      writer = csv.DictWriter(text, fieldnames=POINT_COLUMNS)
+      writer.writeheader()
+      writer.writerows({k: _format_cell(p.get(k)) for k in POINT_COLUMNS} for p in kept)
+      stream.write(text.getvalue().encode())
+    files.write_atomic(path, write, overwrite=True)
+  return len(points) - len(kept)
 
 
 def measure_point(codec, setting, image, measure, path=None):
