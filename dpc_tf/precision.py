@@ -73,6 +73,37 @@ def bfloat16_hardware(cpuinfo="/proc/cpuinfo"):
                  f"({os.uname().machine})")
 
 
+def machine_description(cpuinfo="/proc/cpuinfo"):
+  """What a run's CPU-hours were counted on, for its record and model card:
+  e.g. "2 CPU cores (Intel(R) Xeon(R) Processor; amx_bf16, avx512_bf16), no
+  GPU". Cores are those this process may run on; bfloat16 units are named
+  because they change a step's time 1.4-3x (module doc)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    cores = os.cpu_count()
+  model = None
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+          model = value.strip()
+          break
+  except OSError:
+    pass
+  flags = cpu_flags(cpuinfo)
+  if flags is None:
+    units = "bfloat16 units unknown"
+  else:
+    units = ", ".join(sorted(set(CPU_BF16_FLAGS) & flags)) or "no bfloat16 units"
+  cpu = f"{model or os.uname().machine}; {units}"
+  gpus = tf.config.list_physical_devices("GPU")
+  gpu = f"{len(gpus)} GPU(s)" if gpus else "no GPU"
+  return f"{cores} CPU cores ({cpu}), {gpu}"
+
+
 def slow_precision_warning(precision, cpuinfo="/proc/cpuinfo"):
   """A warning to log if `precision` will be slow on this machine, else None."""
   if check_precision(precision) != MIXED_BFLOAT16:

@@ -29,6 +29,8 @@ Layout of `output_dir`:
     init_from.json     with --init_from: what the run started from (its
                        fingerprint, and its model card if it is a zoo model)
     learning_curve.csv with --curve_glob: metrics vs steps and CPU-hours
+    hardware.json      the machine of each start or resume, from which step
+                       (what the CPU-hours were counted on)
     logs/              TensorBoard: train/, validation/, val_images/
     backup/            while training: the latest backup and model.json, the
                        architecture it holds (deleted at the end)
@@ -332,6 +334,19 @@ class RunProgress(tf.keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     self.last_logs = {k: float(v) for k, v in (logs or {}).items()}
+
+
+class HardwareRecord(tf.keras.callbacks.Callback):
+  """Adds this machine to the run's hardware record (`record_hardware`) at the
+  step training starts from; after `BackupAndRestore` in the callbacks, so a
+  resumed run's step is the backup's."""
+
+  def __init__(self, run_dir):
+    super().__init__()
+    self.run_dir = run_dir
+
+  def on_train_begin(self, logs=None):
+    record_hardware(self.run_dir, int(self.model.optimizer.iterations.numpy()))
 
 
 class ValidationImages(tf.keras.callbacks.Callback):
@@ -653,20 +668,57 @@ def write_init_record(run_dir, path, source):
     # would end unable to build, so it stops before its first step.
     raise TrainingError(f"--init_from={path}: {e} Restore the card (or "
                         "reinstall dpc_tf for a zoo model).") from None
-  record = json.dumps(dict(init_from=os.fspath(path),
-                           fingerprint=saving.fingerprint(source), card=card),
-                      indent=2, sort_keys=True)
-  files.write_atomic(os.path.join(run_dir, INIT_FROM_FILE),
-                     lambda f: f.write(record.encode()), overwrite=True)
+  _write_run_json(run_dir, INIT_FROM_FILE, dict(
+      init_from=os.fspath(path), fingerprint=saving.fingerprint(source), card=card))
 
 
 def read_init_record(run_dir):
   """What `write_init_record` kept in `run_dir`, or None."""
-  path = os.path.join(run_dir, INIT_FROM_FILE)
+  return _read_run_json(run_dir, INIT_FROM_FILE)
+
+
+def _write_run_json(run_dir, name, value):
+  text = json.dumps(value, indent=2, sort_keys=True)
+  files.write_atomic(os.path.join(run_dir, name),
+                     lambda f: f.write(text.encode()), overwrite=True)
+
+
+def _read_run_json(run_dir, name):
+  path = os.path.join(run_dir, name)
   if not os.path.isfile(path):
     return None
   with open(path) as f:
     return json.load(f)
+
+
+HARDWARE_FILE = "hardware.json"
+
+
+def record_hardware(run_dir, step):
+  """Adds to `run_dir`'s hardware record that training (re)started at `step`
+  on this machine (`precision.machine_description`).
+
+  A long run resumes across sessions, possibly on other machines; its
+  CPU-hours mean little without what they were counted on, and a model card
+  names it per phase.
+  """
+  records = read_hardware_record(run_dir) or []
+  records.append(dict(from_step=int(step), hardware=precision.machine_description()))
+  _write_run_json(run_dir, HARDWARE_FILE, records)
+
+
+def read_hardware_record(run_dir):
+  """[{from_step, hardware}] that `record_hardware` kept in `run_dir`, or None."""
+  try:
+    records = _read_run_json(run_dir, HARDWARE_FILE)
+    if records is None:
+      return None
+    return [dict(from_step=int(r["from_step"]), hardware=str(r["hardware"]))
+            for r in records]
+  except (ValueError, KeyError, TypeError) as e:
+    raise TrainingError(f"{os.path.join(run_dir, HARDWARE_FILE)} is damaged "
+                        f"({e}): it should list the machine "
+                        "of each start of the run. Fix or delete it.") from None
 
 
 # -- Backups -----------------------------------------------------------------
@@ -952,6 +1004,8 @@ def train(config):
           profile_batch=0),
       progress,
   ]
+  if chief:
+    callbacks.append(HardwareRecord(output_dir))
   shown = _image_crops(val_images, config.val_image_size, config.val_images)
   lpips = _lpips_metric(config) if chief and (shown or config.curve_glob) else None
   if shown and chief:

@@ -44,6 +44,21 @@ def test_bfloat16_units_are_read_from_the_cpu_flags(tmp_path):
     precision.check_precision("float16")
 
 
+def test_the_machine_description_names_cpu_cores_and_bfloat16_units(tmp_path):
+  cores = len(os.sched_getaffinity(0))
+  has = tmp_path / "xeon"
+  has.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480\n"
+                 "flags\t\t: fpu avx512f amx_bf16 avx512_bf16\n")
+  assert precision.machine_description(str(has)) == (
+      f"{cores} CPU cores (Intel(R) Xeon(R) Platinum 8480; amx_bf16, "
+      "avx512_bf16), no GPU")
+  without = _cpuinfo(tmp_path, "avx512f")
+  assert precision.machine_description(without).endswith(
+      f"{os.uname().machine}; no bfloat16 units), no GPU")
+  assert "bfloat16 units unknown" in precision.machine_description(
+      str(tmp_path / "nowhere"))
+
+
 # -- Layers (fast) -----------------------------------------------------------------
 
 

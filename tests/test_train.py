@@ -14,7 +14,7 @@ from PIL import Image
 
 import dpc_tf
 import perceptual
-from dpc_tf import data, saving, training
+from dpc_tf import data, precision, saving, training
 from perceptual import lpips_weights
 from perceptual import testing as lpips_testing
 import support
@@ -291,6 +291,19 @@ def test_training_program_end_to_end_with_dpc_loss(photos, tmp_path):
   assert code == 1 and "this run has finished" in output
 
 
+def test_the_hardware_record_adds_each_start_and_refuses_a_damaged_file(tmp_path):
+  assert training.read_hardware_record(tmp_path) is None
+  training.record_hardware(tmp_path, 0)
+  training.record_hardware(tmp_path, 250)
+  machine = precision.machine_description()
+  assert training.read_hardware_record(tmp_path) == [
+      dict(from_step=0, hardware=machine), dict(from_step=250, hardware=machine)]
+  for damaged in ('[{"step": 1}]', "[{", '{"from_step": 0}'):
+    (tmp_path / training.HARDWARE_FILE).write_text(damaged)
+    with pytest.raises(training.TrainingError, match="hardware.json is damaged"):
+      training.read_hardware_record(tmp_path)
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_where_its_last_backup_left_off(photos, tmp_path):
   output_dir = tmp_path / "run"
@@ -349,6 +362,11 @@ def test_a_killed_run_resumes_where_its_last_backup_left_off(photos, tmp_path):
   assert summary["steps_this_run"] == steps_per_epoch * epochs - done
   # The optimizer's step counter was restored too: the run is whole.
   assert summary["optimizer_steps"] == steps_per_epoch * epochs
+  # Each start names its machine, from the step it started at: what the
+  # run's CPU-hours were counted on (a model card names it per phase).
+  machine = precision.machine_description()
+  assert training.read_hardware_record(output_dir) == [
+      dict(from_step=0, hardware=machine), dict(from_step=done, hardware=machine)]
   dpc_tf.load_model(output_dir / "model")
   # A finished run leaves no backup behind.
   assert not (output_dir / "backup").exists()

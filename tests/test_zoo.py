@@ -131,6 +131,31 @@ def test_a_run_that_continues_an_entry_carries_its_history():
   assert "(a=2, b=1)" in text
 
 
+def test_a_continued_phase_names_its_machines_and_cosine_schedule():
+  previous = dict(name="dpc", learning_curve=_curve([1000], [1.0], [0.3]),
+                  training=dict(steps=1000, cpu_hours=1.0, learning_rate=2e-4,
+                                init_from=None, learning_rate_schedule=None))
+  flags = dict(learning_rate="2e-4", lr_schedule="cosine", lr_decay_steps="2000",
+               lr_final_fraction="0.05")
+  # Resumed twice: on the same machine (one entry), then on another.
+  hardware = [dict(from_step=0, hardware="A"), dict(from_step=250, hardware="A"),
+              dict(from_step=500, hardware="B")]
+  training, _ = cards.continue_history(
+      previous, 750, flags, _curve([750], [0.75], [0.25]), "abc", hardware)
+  phase = training["phases"][-1]
+  assert phase["hardware"] == "A from step 1000, B from step 1500"
+  assert phase["learning_rate_schedule"] == dict(
+      schedule="cosine", decay_steps=2000, final_fraction=0.05)
+  assert cards._schedule_text(phase) == (
+      "learning rate 0.0002, cosine decay over 2000 steps to ×0.05, on A from "
+      "step 1000, B from step 1500")
+  assert cards.run_hardware(hardware[:2]) == "A"
+  assert cards.run_hardware(None) is None
+  # A run from before the record: the phase claims no machine.
+  training, _ = cards.continue_history(previous, 750, flags, [], "abc")
+  assert "hardware" not in training["phases"][-1]
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_each_card_readme_is_its_card(name):
   # The README is rendered from card.json, whatever order the JSON keeps.

@@ -85,7 +85,8 @@ def main():
   import dpc_tf
   from dpc_tf import saving, training as train_lib, zoo
   from dpc_tf.zoo.cards import (ANCHORS, card_markdown, continue_history,
-                                curve_progress, learning_rate_schedule)
+                                curve_progress, learning_rate_schedule,
+                               run_hardware)
   from dpc_tf.evaluation import cli as eval_cli, report
   from dpc_tf.evaluation.metrics import Metrics
   from dpc_tf.evaluation.runner import (drop_points, evaluate, output_lock,
@@ -117,9 +118,16 @@ def main():
                   learning_rate_schedule=learning_rate_schedule(flags),
                   init_from=init_from,
                   cpu_hours=(curve[-1]["cpu_hours"] if curve else None))
+  try:
+    hardware = train_lib.read_hardware_record(args.run)
+  except train_lib.TrainingError as e:
+    raise SystemExit(str(e)) from None
+  if not hardware:
+    print(f"{args.run} has no {train_lib.HARDWARE_FILE} (a run from before "
+          "dpc-train kept one): the card does not name this phase's machine.")
   if continues:
     training, curve = continue_history(previous, steps, flags, curve,
-                                       init_record["fingerprint"])
+                                       init_record["fingerprint"], hardware)
   card = dict(
       name=args.name, architecture=shipped.architecture, config=shipped.get_config(),
       distortion=flags.get("distortion"), alpha=flags.get("alpha") or None,
@@ -130,7 +138,11 @@ def main():
       training=dict(data=TRAINING_DATA, source=source,
                     patch_size=int(flags.get("patch_size", 0)),
                     batch_size=int(flags.get("batch_size", 0)),
-                    hardware="2 CPU cores (x86-64, AVX-512), no GPU", **training),
+                    # A continued entry keeps its card's line; its phases
+                    # name their machines.
+                    hardware=(previous["training"]["hardware"] if continues else
+                              run_hardware(hardware) or "not recorded"),
+                    **training),
       learning_curve=curve, learning_progress=curve_progress(curve),
       notes=args.notes)
 

@@ -25,7 +25,7 @@ def learning_rate_schedule(flags):
         int(b) for b in flags.get("lr_boundaries", "").split(",") if b],
                   decay_factor=float(flags.get("lr_decay_factor", 0.1)))
   elif schedule == "cosine":
-    result = dict(schedule=schedule, decay_steps=flags.get("lr_decay_steps") or None,
+    result = dict(schedule=schedule, decay_steps=int(flags.get("lr_decay_steps") or 0) or None,
                   final_fraction=float(flags.get("lr_final_fraction", 0.01)))
   else:
     result = dict(schedule=schedule)
@@ -67,11 +67,27 @@ def curve_progress(curve):
   return progress
 
 
-def continue_history(previous, steps, flags, curve, fingerprint_before):
+def run_hardware(records, offset=0):
+  """The machines of a run's hardware record (`training.read_hardware_record`)
+  as one line, steps shifted by `offset`: "M" or "M1 from step 0, M2 from
+  step 2750"; None without a record."""
+  merged = []
+  for record in records or []:
+    if not merged or merged[-1]["hardware"] != record["hardware"]:
+      merged.append(record)
+  if len(merged) <= 1:
+    return merged[0]["hardware"] if merged else None
+  return ", ".join(f"{r['hardware']} from step {r['from_step'] + offset}"
+                   for r in merged)
+
+
+def continue_history(previous, steps, flags, curve, fingerprint_before,
+                     hardware=None):
   """Training record and learning curve of a run that continued a zoo entry.
 
   `previous` is the card the run started from (its init_from.json), `steps`,
-  `flags` and `curve` the run's own, counted from 0. Returns (training
+  `flags`, `curve` and `hardware` (its hardware record) the run's own,
+  counted from 0. Returns (training
   fields, learning curve) on the entry's whole history: steps and CPU-hours
   go on from the card's, and each stretch of training is a phase with its
   learning rate (schedule boundaries in the entry's steps) and start.
@@ -89,6 +105,7 @@ def continue_history(previous, steps, flags, curve, fingerprint_before):
       steps=[offset, offset + steps], learning_rate=float(flags.get("learning_rate", 0)),
       learning_rate_schedule=schedule,
       precision=flags.get("precision_policy") or "float32",
+      **({"hardware": run_hardware(hardware, offset)} if hardware else {}),
       init_from=(f"zoo:{previous['name']} at step {offset} (fingerprint "
                  f"{fingerprint_before}), optimizer state started afresh")))
   shifted = [dict(row, step=row["step"] + offset,
@@ -191,9 +208,14 @@ def _schedule_text(phase):
              + ", ".join(str(b) for b in schedule["boundaries"]))
   elif schedule.get("schedule") == "cosine":
     text += ", cosine decay"
+    if schedule.get("decay_steps"):
+      text += f" over {schedule['decay_steps']} steps"
+    text += f" to ×{schedule.get('final_fraction', 0.01):g}"
   # Phases from before the card kept a precision were float32.
   if phase.get("precision", "float32") != "float32":
     text += f", {phase['precision']} training"
+  if phase.get("hardware"):
+    text += f", on {phase['hardware']}"
   return text
 
 
