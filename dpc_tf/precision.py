@@ -35,19 +35,26 @@ def check_precision(precision):
   return precision
 
 
-def cpu_flags(cpuinfo="/proc/cpuinfo"):
-  """The CPU's feature flags (a set), or None where /proc/cpuinfo is missing."""
+def _cpuinfo_fields(cpuinfo):
+  """[(key, value)] of /proc/cpuinfo's lines, or None where it is missing."""
   try:
     with open(cpuinfo) as f:
       text = f.read()
   except OSError:
     return None
-  flags = set()
-  for line in text.splitlines():
-    key, _, value = line.partition(":")
-    if key.strip() in ("flags", "Features"):
-      flags.update(value.split())
-  return flags
+  return [(key.strip(), value.strip()) for key, _, value in
+          (line.partition(":") for line in text.splitlines())]
+
+
+def _flags_of(fields):
+  return {flag for key, value in fields if key in ("flags", "Features")
+          for flag in value.split()}
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+  """The CPU's feature flags (a set), or None where /proc/cpuinfo is missing."""
+  fields = _cpuinfo_fields(cpuinfo)
+  return None if fields is None else _flags_of(fields)
 
 
 def bfloat16_hardware(cpuinfo="/proc/cpuinfo"):
@@ -83,21 +90,13 @@ def machine_description(cpuinfo="/proc/cpuinfo"):
     cores = len(os.sched_getaffinity(0))
   except AttributeError:  # Not on Linux.
     cores = os.cpu_count()
-  model = None
-  try:
-    with open(cpuinfo) as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-          model = value.strip()
-          break
-  except OSError:
-    pass
-  flags = cpu_flags(cpuinfo)
-  if flags is None:
+  fields = _cpuinfo_fields(cpuinfo)
+  model = next((value for key, value in fields or () if key == "model name"), None)
+  if fields is None:
     units = "bfloat16 units unknown"
   else:
-    units = ", ".join(sorted(set(CPU_BF16_FLAGS) & flags)) or "no bfloat16 units"
+    units = (", ".join(sorted(set(CPU_BF16_FLAGS) & _flags_of(fields)))
+             or "no bfloat16 units")
   cpu = f"{model or os.uname().machine}; {units}"
   gpus = tf.config.list_physical_devices("GPU")
   gpu = f"{len(gpus)} GPU(s)" if gpus else "no GPU"
