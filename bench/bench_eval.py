@@ -17,18 +17,17 @@ images)` returns the same dict for bench/run_all.py.
 """
 
 import argparse
-import glob
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 
 import numpy as np
 
+from bench import common
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KODAK = os.path.join(REPO, "..", "shared", "data", "kodak", "*.png")
 
 # One setting per codec, near the middle of the default sweeps (about 0.5-1 bpp
 # on Kodak), so that codecs are timed at comparable rates.
@@ -38,7 +37,7 @@ BENCH_SETTINGS = {"jpeg420": 50, "jpeg444": 50, "jpeg2000": 0.5, "webp": 50, "av
 
 def default_images():
   """Kodak if it is there, else a few scikit-image photos in a temp folder."""
-  kodak = sorted(glob.glob(KODAK))
+  kodak = common.default_images()
   if kodak:
     return kodak
   import skimage.data
@@ -72,8 +71,7 @@ def run(out_dir, images=None, codec_names=None):
       start = time.perf_counter()
       metrics(image, other)
       metrics_alone_ms.append(1e3 * (time.perf_counter() - start))
-  results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                         "cpus": os.cpu_count(), "python": platform.python_version()},
+  results = {"machine": common.machine(),
              "images": {"count": len(images), "pixels": int(sum(i.shape[0] * i.shape[1]
                                                                for i in loaded)),
                         "first": images[0]},
