@@ -31,6 +31,8 @@ Layout of `output_dir`:
     learning_curve.csv with --curve_glob: metrics vs steps and CPU-hours
     hardware.json      the machine of each start or resume, from which step
                        (what the CPU-hours were counted on)
+    train_config.json  the model, loss and schedule flags the run started
+                       with; a resume with other values is refused
     logs/              TensorBoard: train/, validation/, val_images/
     backup/            while training: the latest backup and model.json, the
                        architecture it holds (deleted at the end)
@@ -721,6 +723,71 @@ def read_hardware_record(run_dir):
                         "of each start of the run. Fix or delete it.") from None
 
 
+TRAIN_CONFIG_FILE = "train_config.json"
+
+# What a resumed run must keep: the model, the loss and the optimisation.
+# A resume that changed one would silently train another run from the middle
+# of this one (and its card would claim the new flags for every step). Data
+# paths, epochs, precision, devices, logging and backups may change.
+RESUME_INVARIANT_FIELDS = (
+    "arch", "num_filters", "latent_depth", "hyperprior_depth", "num_slices",
+    "lmbda", "lmbdas", "distortion", "alpha", "lpips_trunk", "quantization_proxy",
+    "patch_size", "batch_size", "crops_per_image", "steps_per_epoch",
+    "learning_rate", "lr_schedule", "lr_decay_steps", "lr_final_fraction",
+    "lr_boundaries", "lr_decay_factor", "lr_warmup_steps")
+
+
+def _invariant_flags(config):
+  """RESUME_INVARIANT_FIELDS of `config`, as JSON; list flags as numbers
+  (flags give strings), so that "0.7" and "0.70" are the same λ."""
+  def number(item):
+    try:
+      return float(item)
+    except (TypeError, ValueError):
+      return item
+  flags = {name: ([number(v) for v in value]
+                  if isinstance(value, (tuple, list)) else value)
+           for name in RESUME_INVARIANT_FIELDS
+           for value in [getattr(config, name)]}
+  if config.lr_schedule == "cosine" and not config.lr_decay_steps:
+    # It decays over the whole run: then --epochs is the schedule's length.
+    flags["lr_decay_steps"] = config.epochs * config.steps_per_epoch
+  return flags
+
+
+def check_resume(config):
+  """Raises `TrainingError` if `config` would resume a run that started with
+  other model, loss or schedule flags (`RESUME_INVARIANT_FIELDS`).
+
+  Returns True if it resumes a run, False if it starts one. `dpc-train`
+  calls it before it rewrites the run's flags.txt, so that file still holds
+  the flags to resume with.
+  """
+  output_dir = os.path.expanduser(config.output_dir)
+  if backup_state(os.path.join(output_dir, "backup")) is None:
+    return False
+  try:
+    recorded = _read_run_json(output_dir, TRAIN_CONFIG_FILE)
+  except ValueError as e:
+    raise TrainingError(f"{os.path.join(output_dir, TRAIN_CONFIG_FILE)} is "
+                        f"damaged ({e}): it should hold the flags this run "
+                        "started with. Fix or delete it.") from None
+  if recorded is None:
+    return True  # A run from before the record; `train` writes it now.
+  now = _invariant_flags(config)
+  changed = [f"--{name}={recorded[name]} (now {now[name]})"
+             for name in RESUME_INVARIANT_FIELDS
+             if name in recorded and recorded[name] != now[name]]
+  if changed:
+    raise TrainingError(
+        f"{output_dir} holds a run that started with other flags: "
+        f"{', '.join(changed)}. A resumed run keeps its model, loss and "
+        f"schedule: resume with --flagfile={os.path.join(output_dir, 'flags.txt')}, "
+        "or start a new run in another --output_dir (--init_from="
+        f"{output_dir} starts it from this run's latest backup).")
+  return True
+
+
 # -- Backups -----------------------------------------------------------------
 
 
@@ -907,6 +974,7 @@ def train(config):
   if config.cpu_devices and config.cpu_devices > 1:
     split_cpu(config.cpu_devices)
   _check_config(config)
+  check_resume(config)
 
   output_dir = os.path.expanduser(config.output_dir)
   model_dir = os.path.join(output_dir, "model")
@@ -981,6 +1049,9 @@ def train(config):
   if chief:
     _write_backup_model(backup_dir, model)
   resumed = backup_state(backup_dir)
+  if chief and (not resumed or
+                _read_run_json(output_dir, TRAIN_CONFIG_FILE) is None):
+    _write_run_json(output_dir, TRAIN_CONFIG_FILE, _invariant_flags(config))
   if resumed:
     epoch, step = resumed
     logging.info("Resuming from the backup in %s (epoch %d, after step %d).",

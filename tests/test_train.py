@@ -304,6 +304,48 @@ def test_the_hardware_record_adds_each_start_and_refuses_a_damaged_file(tmp_path
       training.read_hardware_record(tmp_path)
 
 
+def test_a_resume_with_other_model_loss_or_schedule_flags_is_refused(tmp_path):
+  config = training.TrainConfig(output_dir=str(tmp_path), arch="hyperprior",
+                                lr_schedule="cosine", lr_decay_steps=4000,
+                                lmbdas=(1.0, 2.0), epochs=10)
+  assert training.check_resume(config) is False  # Nothing to resume.
+  # A backup as Keras' BackupAndRestore writes it (epoch and batch counters).
+  backup = tf.train.Checkpoint(ckpt_saved_epoch=tf.Variable(1, dtype=tf.int64),
+                               ckpt_saved_batch=tf.Variable(4, dtype=tf.int64))
+  backup.save(str(tmp_path / "backup" / "chief" / "ckpt"))
+  # A run from before the record: resumed unchecked (train writes the record).
+  assert training.check_resume(config) is True
+  training._write_run_json(str(tmp_path), training.TRAIN_CONFIG_FILE,
+                           training._invariant_flags(config))
+  assert training.check_resume(config) is True
+  # Data, length, precision and logging may change on a resume...
+  import dataclasses
+  assert training.check_resume(dataclasses.replace(
+      config, epochs=20, train_glob="elsewhere/*.png",
+      precision_policy="mixed_bfloat16", log_every=7)) is True
+  # As flags give them (strings), the same λ written otherwise is the same.
+  assert training.check_resume(dataclasses.replace(config, lmbdas=("1", "2.0")))
+  # ...the model, the loss and the schedule may not, and the error says
+  # what changed and how to resume.
+  changed = dataclasses.replace(config, lr_decay_steps=2000, lmbdas=(1.0, 3.0))
+  with pytest.raises(training.TrainingError) as error:
+    training.check_resume(changed)
+  message = str(error.value)
+  assert "--lmbdas=[1.0, 2.0] (now [1.0, 3.0])" in message
+  assert "--lr_decay_steps=4000 (now 2000)" in message
+  assert f"--flagfile={tmp_path / 'flags.txt'}" in message
+  # A cosine decay without --lr_decay_steps lasts the whole run: then
+  # --epochs sets the schedule and may not change.
+  whole_run = dataclasses.replace(config, lr_decay_steps=None, steps_per_epoch=100)
+  training._write_run_json(str(tmp_path), training.TRAIN_CONFIG_FILE,
+                           training._invariant_flags(whole_run))
+  with pytest.raises(training.TrainingError, match=r"--lr_decay_steps=1000 \(now 2000\)"):
+    training.check_resume(dataclasses.replace(whole_run, epochs=20))
+  (tmp_path / training.TRAIN_CONFIG_FILE).write_text("{")
+  with pytest.raises(training.TrainingError, match="train_config.json is damaged"):
+    training.check_resume(config)
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_where_its_last_backup_left_off(photos, tmp_path):
   output_dir = tmp_path / "run"
@@ -351,6 +393,13 @@ def test_a_killed_run_resumes_where_its_last_backup_left_off(photos, tmp_path):
   with pytest.raises(training.TrainingError, match="does not hold the 'factorized'"):
     training.load_backup(output_dir)
   record.write_text(kept)
+
+  # Resuming with another schedule is refused before anything is written:
+  # flags.txt still holds the flags to resume with.
+  flags_txt = (output_dir / "flags.txt").read_text()
+  code, output = run(args + ["--learning_rate=5e-4"])
+  assert code != 0 and "--learning_rate=0.0001 (now 0.0005)" in output, output[-4000:]
+  assert (output_dir / "flags.txt").read_text() == flags_txt
 
   code, output = run(args)
   assert code == 0, output[-4000:]

@@ -189,8 +189,10 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.get_logger().setLevel("WARNING")
   config = config_from_flags()
-  write_flags(os.path.expanduser(config.output_dir))
   try:
+    # Before flags.txt is rewritten: a refused resume names it.
+    training.check_resume(config)
+    write_flags(os.path.expanduser(config.output_dir))
     training.train(config)
   except (training.TrainingError, data.DataError) as e:
     logging.error("%s", e)
