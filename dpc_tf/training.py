@@ -768,6 +768,8 @@ def check_resume(config):
     return False
   try:
     recorded = _read_run_json(output_dir, TRAIN_CONFIG_FILE)
+    if recorded is not None and not isinstance(recorded, dict):
+      raise ValueError(f"a {type(recorded).__name__}, not an object")
   except ValueError as e:
     raise TrainingError(f"{os.path.join(output_dir, TRAIN_CONFIG_FILE)} is "
                         f"damaged ({e}): it should hold the flags this run "

@@ -341,9 +341,10 @@ def test_a_resume_with_other_model_loss_or_schedule_flags_is_refused(tmp_path):
                            training._invariant_flags(whole_run))
   with pytest.raises(training.TrainingError, match=r"--lr_decay_steps=1000 \(now 2000\)"):
     training.check_resume(dataclasses.replace(whole_run, epochs=20))
-  (tmp_path / training.TRAIN_CONFIG_FILE).write_text("{")
-  with pytest.raises(training.TrainingError, match="train_config.json is damaged"):
-    training.check_resume(config)
+  for damaged in ("{", "[1, 2]"):
+    (tmp_path / training.TRAIN_CONFIG_FILE).write_text(damaged)
+    with pytest.raises(training.TrainingError, match="train_config.json is damaged"):
+      training.check_resume(config)
 
 
 @pytest.mark.slow
