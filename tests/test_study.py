@@ -307,8 +307,6 @@ def test_concurrent_raters_over_http_lose_and_duplicate_nothing(made, tmp_path):
   study, path, conn, tokens = _fresh_db(made, tmp_path, raters=3)
   srv = server.make_server(server.create_app(made["folder"], path), port=0, threads=4)
   assert srv.effective_host == "127.0.0.1"
-  thread = threading.Thread(target=srv.run, daemon=True)
-  thread.start()
   base = f"http://127.0.0.1:{srv.effective_port}"
   statuses = collections.Counter()
   lock = threading.Lock()
@@ -339,15 +337,17 @@ def test_concurrent_raters_over_http_lose_and_duplicate_nothing(made, tmp_path):
       with lock:
         statuses.update(results)
 
-  try:
+  with server.serving_in_background(srv):
     workers = [threading.Thread(target=rater, args=(t, c))
                for t, c in zip(tokens, ("left", "right", "left"))]
     for w in workers:
       w.start()
     for w in workers:
       w.join(timeout=120)
-  finally:
-    srv.close()
+  # Stopped for good: no thread left serving, the port no longer answers.
+  assert not [t for t in threading.enumerate() if t.name == "dpc-study-server"]
+  with pytest.raises(OSError):
+    urllib.request.urlopen(f"{base}/s/{tokens[0]}/api/state", timeout=5)
   total = len(study.trials)
   assert statuses[200] == 3 * total and statuses[409] == 3 * total
   rows = conn.execute("SELECT rater_id, trial_id, choice FROM answers").fetchall()

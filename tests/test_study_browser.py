@@ -138,21 +138,17 @@ def test_two_raters_in_real_browsers(tmp_path):
   (_, first, token1), (_, second, token2) = db.add_raters(conn, study, 2)
   srv = server.make_server(server.create_app(folder, db_path), port=0, threads=4)
   assert srv.effective_host == "127.0.0.1"
-  serving = threading.Thread(target=srv.run, daemon=True)
-  serving.start()
   base = f"http://127.0.0.1:{srv.effective_port}"
   screenshot = str(tmp_path / "trial.png")
   raters = [Rater(f"{base}/s/{token1}/", lambda i: "left" if i % 2 == 0 else "right",
                   screenshot=screenshot, leave_after=5),
             Rater(f"{base}/s/{token2}/", lambda i: "click-right" if i == 3 else "right")]
-  try:
+  with server.serving_in_background(srv):
     threads = [threading.Thread(target=r.run) for r in raters]
     for t in threads:
       t.start()
     for t in threads:
       t.join(timeout=400)
-  finally:
-    srv.close()
   for r in raters:
     if r.error:
       raise r.error

@@ -13,6 +13,7 @@ no URL can reach a file outside the study's images. The page uses relative
 URLs only, so the app works under any prefix behind a reverse proxy.
 """
 
+import contextlib
 import functools
 import os
 import re
@@ -196,3 +197,26 @@ def make_server(app, host="127.0.0.1", port=8000, threads=4, url_prefix="",
                    trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto",
                                           "x-forwarded-host"})
   return waitress.server.create_server(app, **options)
+
+
+@contextlib.contextmanager
+def serving_in_background(srv, timeout=30):
+  """Runs `srv` (from `make_server`) on a thread until the block ends.
+
+  The server is shut down from inside its own event loop: closing its sockets
+  from another thread while the loop is in `select` makes the loop thread die
+  with "bad file descriptor".
+  """
+  from waitress import wasyncore
+  thread = threading.Thread(target=srv.run, name="dpc-study-server", daemon=True)
+  thread.start()
+  try:
+    yield srv
+  finally:
+    # Closing every socket of the loop's map (open keep-alive connections too)
+    # empties it, which ends the loop; the thunk runs on the loop's thread.
+    srv.trigger.pull_trigger(lambda: wasyncore.close_all(srv._map))  # pylint: disable=protected-access
+    thread.join(timeout)
+    srv.task_dispatcher.shutdown()
+    if thread.is_alive():
+      raise RuntimeError(f"the study server did not stop within {timeout} s")
