@@ -1056,8 +1056,10 @@ def train(config):
     _write_run_json(output_dir, TRAIN_CONFIG_FILE, _invariant_flags(config))
   if resumed:
     epoch, step = resumed
-    logging.info("Resuming from the backup in %s (epoch %d, after step %d).",
-                 backup_dir, epoch + 1, step + 1)
+    done = (epoch + 1) * config.steps_per_epoch if step < 0 else (
+        epoch * config.steps_per_epoch + step + 1)
+    logging.info("Resuming from the backup in %s: %d of %d steps done.",
+                 backup_dir, done, total_steps)
   elif config.init_from:
     source = load_init_source(config.init_from)
     copied, left = copy_weights(source, model, config.init_from)

@@ -404,7 +404,8 @@ def test_a_killed_run_resumes_where_its_last_backup_left_off(photos, tmp_path):
 
   code, output = run(args)
   assert code == 0, output[-4000:]
-  assert "Resuming from the backup" in output
+  assert f"Resuming from the backup in {output_dir / 'backup'}: {done} of " \
+         f"{steps_per_epoch * epochs} steps done." in output
   summary = json.loads((output_dir / "run_summary.json").read_text())
   assert summary["resumed"]
   expected_start = (divmod(done, steps_per_epoch))
