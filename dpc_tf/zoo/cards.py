@@ -186,8 +186,8 @@ def card_markdown(card):
   progress = card.get("learning_progress") or []
   if progress:
     lines += ["", "Progress between curve points (BD-rate of the later point against "
-              "the earlier, and per CPU-hour; the curve has flattened below 1 % "
-              "per CPU-hour):", "",
+              "the earlier, and per CPU-hour; the issue counts a curve as flattened "
+              "when this stays within 1 % per CPU-hour):", "",
               "| steps | CPU-hours | PSNR | MS-SSIM dB | LPIPS | per CPU-hour: PSNR "
               "| MS-SSIM dB | LPIPS |", "|---|---|---|---|---|---|---|---|"]
     for entry in progress:
