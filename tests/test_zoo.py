@@ -156,6 +156,34 @@ def test_a_continued_phase_names_its_machines_and_cosine_schedule():
   assert "hardware" not in training["phases"][-1]
 
 
+def test_a_phase_with_larger_crops_keeps_each_phases_crops():
+  # A phase may train on other crops than the ones before it: the card must
+  # not claim the new size for all its steps.
+  previous = dict(name="mse", learning_curve=_curve([1000], [1.0], [0.3]),
+                  training=dict(steps=1000, cpu_hours=1.0, learning_rate=2e-4,
+                                init_from=None, learning_rate_schedule=None,
+                                batch_size=8, patch_size=128))
+  flags = dict(learning_rate="2e-4", batch_size="4", patch_size="256")
+  training, curve = cards.continue_history(
+      previous, 500, flags, _curve([500], [0.5], [0.25]), "abc")
+  assert [(p["batch_size"], p["patch_size"]) for p in training["phases"]] == [
+      (8, 128), (4, 256)]
+  card = dict(name="mse", architecture="a", config={}, distortion="mse",
+              fingerprint="f", learning_curve=curve, training=dict(
+                  training, batch_size=4, patch_size=256, hardware="h", data="d"))
+  text = cards.card_markdown(card)
+  assert "Training: 1500 steps (batch and crop size per phase below)" in text
+  assert "- steps 0–1000: batch 8 × 128² crops, learning rate" in text
+  assert "- steps 1000–1500: batch 4 × 256² crops, learning rate" in text
+  # The same crops again: said once, in the header.
+  flags.update(batch_size="8", patch_size="128")
+  training, _ = cards.continue_history(previous, 500, flags, [], "abc")
+  card["training"] = dict(training, batch_size=8, patch_size=128, hardware="h",
+                          data="d")
+  text = cards.card_markdown(card)
+  assert "steps of batch 8 × 128² crops" in text and "- steps 0–1000: learning" in text
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_each_card_readme_is_its_card(name):
   # The README is rendered from card.json, whatever order the JSON keeps.

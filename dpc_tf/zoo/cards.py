@@ -94,10 +94,16 @@ def continue_history(previous, steps, flags, curve, fingerprint_before,
   """
   before = previous["training"]
   offset, hours = int(before["steps"]), float(before.get("cpu_hours") or 0.0)
-  phases = list(before.get("phases") or [dict(
+  phases = [dict(p) for p in before.get("phases") or [dict(
       steps=[0, offset], learning_rate=before.get("learning_rate"),
       learning_rate_schedule=before.get("learning_rate_schedule"),
-      init_from=before.get("init_from"))])
+      init_from=before.get("init_from"))]]
+  # The card's batch and crop size were those of every phase so far; a phase
+  # may change them (e.g. larger crops), so each phase keeps its own.
+  for phase in phases:
+    for key in ("batch_size", "patch_size"):
+      if key in before:
+        phase.setdefault(key, before[key])
   schedule = learning_rate_schedule(flags)
   if "boundaries" in schedule:
     schedule["boundaries"] = [b + offset for b in schedule["boundaries"]]
@@ -105,6 +111,7 @@ def continue_history(previous, steps, flags, curve, fingerprint_before,
       steps=[offset, offset + steps], learning_rate=float(flags.get("learning_rate", 0)),
       learning_rate_schedule=schedule,
       precision=flags.get("precision_policy") or "float32",
+      **{key: int(flags[key]) for key in ("batch_size", "patch_size") if flags.get(key)},
       **({"hardware": run_hardware(hardware, offset)} if hardware else {}),
       init_from=(f"zoo:{previous['name']} at step {offset} (fingerprint "
                  f"{fingerprint_before}), optimizer state started afresh")))
@@ -128,24 +135,30 @@ def card_markdown(card):
   # Every listing in a fixed order, so a card renders the same from the
   # build's dicts and from the saved (sort_keys) card.json.
   config = ", ".join(f"{k}={card['config'][k]}" for k in sorted(card["config"]))
+  phases = card["training"].get("phases") or []
+  crops_vary = len({_crops(p) for p in phases if "patch_size" in p}) > 1
   lines = [f"# Zoo model `{card['name']}`", "",
            f"{card['architecture']} ({config}), trained on "
            f"**{card['distortion']}**"
            + (f" (α {card['alpha']}, LPIPS-{card['lpips_trunk']})"
               if card["distortion"] == "dpc" else "")
            + f"; fingerprint `{card['fingerprint']}`.", "",
-           f"Training: {card['training']['steps']} steps of batch "
-           f"{card['training']['batch_size']} × {card['training']['patch_size']}² crops, "
-           f"{_fmt(card['training']['cpu_hours'], 2)} CPU-hours on "
+           f"Training: {card['training']['steps']} steps "
+           + ("(batch and crop size per phase below), " if crops_vary else
+              f"of batch {card['training']['batch_size']} × "
+              f"{card['training']['patch_size']}² crops, ")
+           + f"{_fmt(card['training']['cpu_hours'], 2)} CPU-hours on "
            f"{card['training']['hardware']}"
            + (f", started from {card['training']['init_from']}"
               if card["training"]["init_from"] else "") + ". "
            f"Data: {card['training']['data']}", ""]
-  phases = card["training"].get("phases") or []
   if len(phases) > 1:
     lines += ["Training phases (a later phase starts from the weights of the one "
               "before):", ""]
-    lines += [f"- steps {p['steps'][0]}–{p['steps'][1]}: {_schedule_text(p)}"
+    lines += [f"- steps {p['steps'][0]}–{p['steps'][1]}: "
+              + (f"batch {p['batch_size']} × {p['patch_size']}² crops, "
+                 if crops_vary and "patch_size" in p else "")
+              + _schedule_text(p)
               + (f"; from {p['init_from']}" if p.get("init_from") else "") + "."
               for p in phases]
     lines.append("")
@@ -196,6 +209,10 @@ def card_markdown(card):
       lines.append(f"| {entry['from_step']}→{entry['to_step']} | "
                    f"{_fmt(entry['cpu_hours'], 2)} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+def _crops(phase):
+  return phase.get("batch_size"), phase.get("patch_size")
 
 
 def _schedule_text(phase):
