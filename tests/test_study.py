@@ -305,6 +305,7 @@ def test_serving_a_folder_with_a_missing_image_fails_clearly(made, tmp_path):
 
 def test_concurrent_raters_over_http_lose_and_duplicate_nothing(made, tmp_path):
   study, path, conn, tokens = _fresh_db(made, tmp_path, raters=3)
+  descriptors = set(os.listdir("/proc/self/fd"))
   srv = server.make_server(server.create_app(made["folder"], path), port=0, threads=4)
   assert srv.effective_host == "127.0.0.1"
   base = f"http://127.0.0.1:{srv.effective_port}"
@@ -353,6 +354,11 @@ def test_concurrent_raters_over_http_lose_and_duplicate_nothing(made, tmp_path):
   rows = conn.execute("SELECT rater_id, trial_id, choice FROM answers").fetchall()
   assert len(rows) == 3 * total == len({(r[0], r[1]) for r in rows})
   assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+  # Every socket, pipe and database file the server opened is closed again
+  # (SQLite holds a closed connection's file open while another connection
+  # to the file, here `conn`, still has it locked).
+  conn.close()
+  assert set(os.listdir("/proc/self/fd")) <= descriptors
 
 
 def test_wilson_and_bradley_terry():

@@ -15,6 +15,7 @@ URLs only, so the app works under any prefix behind a reverse proxy.
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import secrets
@@ -26,6 +27,7 @@ from dpc_tf.study.study import Study
 WEB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _FILE = re.compile(r"^[0-9a-f]{16}\.png$")
+_log = logging.getLogger(__name__)
 
 
 def _missing_flask():
@@ -190,8 +192,10 @@ def make_server(app, host="127.0.0.1", port=8000, threads=4, url_prefix="",
   """A waitress server (not yet running): `.run()`, `.close()`, `.effective_port`."""
   _missing_flask()
   import waitress.server
+  # poll(), not select(): select cannot watch descriptors above 1023, which a
+  # busy server (or a process with many files open) reaches.
   options = {"host": host, "port": port, "threads": threads, "url_prefix": url_prefix,
-             "ident": "dpc-study"}
+             "ident": "dpc-study", "asyncore_use_poll": True}
   if trusted_proxy:
     options.update(trusted_proxy=trusted_proxy, trusted_proxy_count=1,
                    trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto",
@@ -203,20 +207,47 @@ def make_server(app, host="127.0.0.1", port=8000, threads=4, url_prefix="",
 def serving_in_background(srv, timeout=30):
   """Runs `srv` (from `make_server`) on a thread until the block ends.
 
-  The server is shut down from inside its own event loop: closing its sockets
-  from another thread while the loop is in `select` makes the loop thread die
-  with "bad file descriptor".
+  The loop stops on a flag it checks between polls, then closes its own
+  sockets on its own thread: closing them from another thread while the loop
+  waits in `poll` kills the loop with "bad file descriptor". Pulling
+  waitress's trigger only wakes the loop sooner. An exception that ended the
+  loop early is raised here, not lost with its thread.
   """
   from waitress import wasyncore
-  thread = threading.Thread(target=srv.run, name="dpc-study-server", daemon=True)
+  stop, pulled = threading.Event(), threading.Event()
+  failure = []
+  sockets = srv._map  # pylint: disable=protected-access
+
+  def serve():
+    try:
+      while sockets and not stop.is_set():
+        wasyncore.loop(timeout=srv.adj.asyncore_loop_timeout, map=sockets,
+                       use_poll=srv.adj.asyncore_use_poll, count=1)
+    except BaseException as e:  # pylint: disable=broad-except  # Re-raised below.
+      failure.append(e)
+    finally:
+      # The trigger is closed last: after the block's own pull and after the
+      # worker threads' (each finishes its request first); a pull on a closed
+      # trigger would write into whatever file reused its descriptor number.
+      pulled.wait()
+      srv.task_dispatcher.shutdown()
+      wasyncore.close_all(sockets, ignore_all=True)
+
+  thread = threading.Thread(target=serve, name="dpc-study-server", daemon=True)
   thread.start()
   try:
     yield srv
   finally:
-    # Closing every socket of the loop's map (open keep-alive connections too)
-    # empties it, which ends the loop; the thunk runs on the loop's thread.
-    srv.trigger.pull_trigger(lambda: wasyncore.close_all(srv._map))  # pylint: disable=protected-access
+    stop.set()
+    try:
+      srv.pull_trigger()
+    except OSError as e:
+      _log.warning("could not wake the study server's event loop (%s); it stops "
+                   "within its poll timeout of %s s", e, srv.adj.asyncore_loop_timeout)
+    finally:
+      pulled.set()
     thread.join(timeout)
-    srv.task_dispatcher.shutdown()
     if thread.is_alive():
       raise RuntimeError(f"the study server did not stop within {timeout} s")
+    if failure:
+      raise RuntimeError("the study server's event loop failed") from failure[0]
